@@ -1,0 +1,27 @@
+"""MLflow experiment tracking for Flyte 2 tasks.
+
+Two equivalent ways in: the documented functions (``mlflow_run``, ``mlflow_config``) and the typed
+classes they build (``MlflowRun``, ``MlflowConfig``).
+"""
+
+from flyteplugins.mlflow import _runstack  # noqa: F401  (installs the per-context run stack, checked)
+from flyteplugins.mlflow._api import get_mlflow_context, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._config import MlflowConfig, OnTrackingError, RunMode
+from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
+from flyteplugins.mlflow._link import Mlflow
+from flyteplugins.mlflow._run import MlflowRun
+
+__all__ = [
+    "Mlflow",
+    "MlflowConfig",
+    "MlflowRun",
+    "MlflowTrackingError",
+    "OnTrackingError",
+    "RunMode",
+    "TrackingRequestError",
+    "TrackingServerUnreachable",
+    "get_mlflow_context",
+    "get_mlflow_run",
+    "mlflow_config",
+    "mlflow_run",
+]

@@ -1,0 +1,135 @@
+"""The documented functions: ``mlflow_run``, ``mlflow_config``, ``get_mlflow_run``, ``get_mlflow_context``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypedDict, TypeVar, overload
+
+from flyte.extend import TaskTemplate
+from typing_extensions import ParamSpec, Unpack
+
+from flyteplugins.mlflow import _context, _lifecycle
+from flyteplugins.mlflow._config import START_RUN_KWARGS, MlflowConfig, OnTrackingError, RunMode
+from flyteplugins.mlflow._run import MlflowRun
+from mlflow.tracking.fluent import ActiveRun
+
+__all__ = [
+    "ConfigOptions",
+    "RunOptions",
+    "get_mlflow_context",
+    "get_mlflow_run",
+    "mlflow_config",
+    "mlflow_run",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound=TaskTemplate[Any, Any, Any])
+
+
+class ConfigOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`mlflow_config` (see :class:`MlflowConfig` for each setting).
+
+    ``description`` and ``log_system_metrics`` are the extra ``mlflow.start_run`` arguments.
+    """
+
+    run_mode: RunMode | Literal["auto", "new", "nested"]
+    tracking_uri: str | None
+    experiment_name: str | None
+    experiment_id: str | None
+    run_name: str | None
+    run_id: str | None
+    tags: Mapping[str, str] | None
+    autolog: bool
+    framework: str | None
+    log_models: bool | None
+    log_datasets: bool | None
+    autolog_kwargs: Mapping[str, Any] | None
+    link_host: str | None
+    link_template: str | None
+    on_tracking_error: OnTrackingError | Literal["raise", "warn"]
+    async_logging: bool
+    request_timeout: float | None
+    request_retries: int | None
+    description: str
+    log_system_metrics: bool
+
+
+class RunOptions(ConfigOptions, total=False):
+    """The keyword arguments of :func:`mlflow_run`: those of :func:`mlflow_config`, plus ``rank``."""
+
+    rank: int | None
+
+
+def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Move the ``mlflow.start_run`` extras (and any unknown keyword) into ``run_kwargs``."""
+    fields = dict(options)
+    extras = {k: fields.pop(k) for k in list(fields) if k not in _SETTING_NAMES}
+    if extras:
+        fields["run_kwargs"] = extras
+    return fields
+
+
+def mlflow_config(**options: Unpack[ConfigOptions]) -> MlflowConfig:
+    """Build MLflow settings for a whole workflow, or for a ``with`` block inside a task.
+
+    ``flyte.with_runcontext(custom_context=mlflow_config(...))`` gives every tracked task of the run
+    these settings; ``with mlflow_config(run_mode="new"): await child()`` applies them to the tasks
+    called in the block. Settings on a tracker win over these.
+
+    Raises:
+        ValueError: invalid or conflicting settings, or an unknown keyword (valid extras:
+            ``description``, ``log_system_metrics``).
+        TypeError: a setting of the wrong type.
+    """
+    return MlflowConfig(**_settings(options))
+
+
+@overload
+def mlflow_run(target: T, /) -> T: ...
+
+
+@overload
+def mlflow_run(target: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def mlflow_run(**options: Unpack[RunOptions]) -> MlflowRun: ...
+
+
+def mlflow_run(target: Any = None, /, **options: Any) -> Any:
+    """Track a task's MLflow run: ``@mlflow_run`` or ``@mlflow_run(run_mode=..., ...)`` above ``@env.task``.
+
+    Used bare, it decorates the task with default settings. Called with settings, it returns an
+    :class:`MlflowRun` tracker, so ``mlflow_run(run_mode="new") == MlflowRun(run_mode=RunMode.NEW)``.
+
+    Raises:
+        ValueError: invalid or conflicting settings, or an unknown keyword.
+        TypeError: a setting of the wrong type, or a target that cannot be decorated.
+    """
+    tracker = MlflowRun(**_settings(options))
+    return tracker if target is None else tracker(target)
+
+
+def get_mlflow_run() -> ActiveRun | None:
+    """The MLflow run of the tracked task or function being executed, or ``None`` outside one.
+
+    Also ``None`` on ranks other than 0, and when tracking is off because the server failed under
+    ``on_tracking_error="warn"``.
+    """
+    return _lifecycle.current_run()
+
+
+def get_mlflow_context() -> MlflowConfig | None:
+    """The MLflow settings in the current task's context (from ``with_runcontext`` and ``with`` blocks).
+
+    Returns:
+        The settings, or ``None`` outside a task or when the context holds none.
+
+    Raises:
+        ValueError: the context holds a malformed ``mlflow_*`` entry.
+    """
+    return _context.current_config()
+
+
+_SETTING_NAMES = frozenset(RunOptions.__annotations__) - frozenset(START_RUN_KWARGS)

@@ -1,0 +1,586 @@
+"""Settings: the run-mode and error-policy enums, ``MlflowConfig``, and the exact ``custom_context`` codec.
+
+Flyte's ``custom_context`` is a flat ``dict[str, str]``. Every setting is stored under the key
+``mlflow_<field>``, and each field has one known kind, so decoding never has to guess: a string field
+keeps its text exactly (``"2024"``, ``"null"`` and ``"true"`` stay strings), a flag is ``"true"`` or
+``"false"``, a mapping is a JSON object, a number is its decimal text. An empty string means "not set":
+that is how a scoped override clears a key, since Flyte can only add keys to a context, never remove
+them. Empty strings are therefore refused at construction for every text field.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import json
+import math
+import string
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, Final, TypeVar, Union
+from urllib.parse import urlsplit
+
+import attrs
+
+__all__ = [
+    "CONTEXT_PREFIX",
+    "MlflowConfig",
+    "MlflowTrackingSettings",
+    "OnTrackingError",
+    "RunMode",
+    "decode",
+    "encode",
+    "freeze",
+    "thaw",
+    "to_on_tracking_error",
+    "to_run_mode",
+]
+
+CONTEXT_PREFIX: Final = "mlflow_"
+DEFAULT_LINK_TEMPLATE: Final = "{host}/#/experiments/{experiment_id}/runs/{run_id}"
+LINK_FIELDS: Final = frozenset({"host", "experiment_id", "run_id"})
+START_RUN_KWARGS: Final = {"description": str, "log_system_metrics": bool}
+
+
+class RunMode(str, enum.Enum):
+    """How a task's MLflow run relates to the run of the task that called it.
+
+    ``AUTO`` shares the caller's run when there is one and otherwise starts a run. ``NEW`` always
+    starts a top-level run. ``NESTED`` starts a run whose ``mlflow.parentRunId`` is the caller's run.
+    On a tracker, ``AUTO`` means "no preference": a run mode set in the context wins over it.
+    """
+
+    AUTO = "auto"
+    NEW = "new"
+    NESTED = "nested"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OnTrackingError(str, enum.Enum):
+    """What a task does when the tracking server fails it.
+
+    ``RAISE`` fails the task with an :class:`~flyteplugins.mlflow.MlflowTrackingError`. ``WARN`` logs a
+    warning and goes on: the body runs untracked if the run cannot start, and a finished body's
+    result is returned even if the run cannot be finalized.
+    """
+
+    RAISE = "raise"
+    WARN = "warn"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _to_enum(enum_type: type[_E], field: str, value: object) -> _E:
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        for member in enum_type:
+            if member.value == value:
+                return member
+        choices = ", ".join(repr(m.value) for m in enum_type)
+        msg = f"{field} must be one of {choices}, got {value!r}"
+        raise ValueError(msg)
+    msg = f"{field} must be a {enum_type.__name__} or a string, got {type(value).__name__} {value!r}"
+    raise TypeError(msg)
+
+
+def to_run_mode(value: RunMode | str) -> RunMode:
+    """Convert a run mode given as a :class:`RunMode` or its string value.
+
+    Raises:
+        ValueError: the string is not a run mode; the message lists the valid ones.
+        TypeError: the value is neither a string nor a ``RunMode``.
+    """
+    return _to_enum(RunMode, "run_mode", value)
+
+
+def to_on_tracking_error(value: OnTrackingError | str) -> OnTrackingError:
+    """Convert an error policy given as an :class:`OnTrackingError` or its string value.
+
+    Raises:
+        ValueError: the string is not a policy; the message lists the valid ones.
+        TypeError: the value is neither a string nor an ``OnTrackingError``.
+    """
+    return _to_enum(OnTrackingError, "on_tracking_error", value)
+
+
+# --- frozen JSON-like values -------------------------------------------------------------------
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class FrozenDict(Mapping[_K, _V]):
+    """An immutable, hashable mapping: the frozen form of ``tags``, ``autolog_kwargs`` and ``run_kwargs``."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[_K, _V] | None = None) -> None:
+        self._data: dict[_K, _V] = dict(data or {})
+        self._hash: int | None = None
+
+    def __getitem__(self, key: _K) -> _V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[_K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._data == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def freeze(value: Any) -> Any:
+    """Return a hashable copy of a JSON-like value: dicts become ``FrozenDict``, lists become tuples."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Undo :func:`freeze`: the plain ``dict``/``list`` form that MLflow and JSON expect."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+# --- converters and validators -----------------------------------------------------------------
+
+Json = Union[
+    str, int, float, bool, None, "list[Json]", "dict[str, Json]", "FrozenDict[str, Json]", "tuple[Json, ...]"
+]
+
+
+def _check_json(field: str, value: object, path: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"{field}{path} must be a finite number, got {value!r}"
+            raise ValueError(msg)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json(field, item, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                msg = f"{field}{path} keys must be strings, got {type(k).__name__} {k!r}"
+                raise TypeError(msg)
+            _check_json(field, v, f"{path}[{k!r}]")
+        return
+    kinds = "str, int, float, bool, None, list, dict"
+    msg = f"{field}{path} must hold JSON values ({kinds}), got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def _checked_tags(value: object) -> FrozenDict[str, str]:
+    if value is None:
+        return FrozenDict()
+    if not isinstance(value, Mapping):
+        msg = f"tags must be a mapping of str to str, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            msg = f"tags must map str to str, got {k!r}: {v!r}"
+            raise TypeError(msg)
+        if not k:
+            msg = "tags must not have an empty key"
+            raise ValueError(msg)
+    return FrozenDict(value)
+
+
+def _tags(value: Mapping[str, str] | None) -> FrozenDict[str, str]:
+    return _checked_tags(value)
+
+
+def _checked_json_mapping(field: str, value: object) -> FrozenDict[str, Any]:
+    if value is None:
+        return FrozenDict()
+    if not isinstance(value, Mapping):
+        msg = f"{field} must be a mapping, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    _check_json(field, value, "")
+    frozen: FrozenDict[str, Any] = freeze(value)
+    return frozen
+
+
+def _autolog_kwargs(value: Mapping[str, Any] | None) -> FrozenDict[str, Any]:
+    return _checked_json_mapping("autolog_kwargs", value)
+
+
+def _run_kwargs(value: Mapping[str, Any] | None) -> FrozenDict[str, Any]:
+    frozen = _checked_json_mapping("run_kwargs", value)
+    for key, val in frozen.items():
+        expected = START_RUN_KWARGS.get(key)
+        if expected is None:
+            choices = ", ".join(sorted(START_RUN_KWARGS))
+            msg = (
+                f"run_kwargs has unsupported mlflow.start_run argument {key!r}; valid choices: {choices} "
+                "(run_id, run_name, experiment_id, tags and nesting have settings of their own)"
+            )
+            raise ValueError(msg)
+        if not isinstance(val, expected):
+            msg = f"run_kwargs[{key!r}] must be a {expected.__name__}, got {type(val).__name__} {val!r}"
+            raise TypeError(msg)
+    return frozen
+
+
+def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        msg = f"{attribute.name} must be a str or None, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    if not value:
+        msg = f"{attribute.name} must be a non-empty string or None, got ''"
+        raise ValueError(msg)
+
+
+def _optional_bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        msg = f"{attribute.name} must be a bool or None, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+
+
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        msg = f"{attribute.name} must be a bool, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+
+
+def _tracking_uri(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _optional_text(instance, attribute, value)
+    if value is not None:
+        refuse_credentials(attribute.name, value)
+
+
+def refuse_credentials(field: str, uri: str) -> None:
+    """Refuse a URI that carries a user name or password.
+
+    Raises:
+        ValueError: the URI has credentials in it. The message never repeats them.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return
+    if parts.username is None and parts.password is None:
+        return
+    host = parts.hostname or "?"
+    msg = (
+        f"{field} must not contain credentials (got a URI for host {host!r} with a user name or password "
+        "in it). Flyte stores custom_context, and with it the tracking URI, in the run's metadata, where "
+        "anyone who can see the run can read it. Pass credentials through MLflow's environment variables "
+        "instead: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, "
+        "filled from a flyte.Secret on the task environment "
+        "(secrets=[flyte.Secret(key=..., as_env_var='MLFLOW_TRACKING_TOKEN')])."
+    )
+    raise ValueError(msg)
+
+
+def _framework(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _optional_text(instance, attribute, value)
+    if value is None:
+        return
+    if not value.isidentifier() or importlib.util.find_spec(f"mlflow.{value}") is None:
+        msg = (
+            f"framework {value!r} has no MLflow autolog integration: there is no module mlflow.{value}. "
+            "Use the name of an MLflow flavor with an autolog() function, such as 'sklearn', "
+            "'pytorch', 'tensorflow', 'xgboost' or 'lightgbm'"
+        )
+        raise ValueError(msg)
+
+
+def _link_template(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _optional_text(instance, attribute, value)
+    if value is not None:
+        check_link_template(value)
+
+
+def check_link_template(template: str) -> None:
+    """Check that a link template only uses ``{host}``, ``{experiment_id}`` and ``{run_id}``.
+
+    Raises:
+        ValueError: the template uses another name, a positional field, attribute or index access,
+            a conversion or format spec, or is not a valid format string.
+    """
+    allowed = ", ".join("{" + f + "}" for f in sorted(LINK_FIELDS))
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        msg = f"link_template {template!r} is not a valid format string ({e}); use only {allowed}"
+        raise ValueError(msg) from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in LINK_FIELDS or spec or conversion:
+            shown = (
+                "{" + field + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+            )
+            msg = f"link_template {template!r} uses {shown}; the only allowed placeholders are {allowed}"
+            raise ValueError(msg)
+
+
+def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{attribute.name} must be a number of seconds or None, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    if not (math.isfinite(value) and value > 0):
+        msg = f"{attribute.name} must be a positive, finite number of seconds, got {value!r}"
+        raise ValueError(msg)
+
+
+def _retries(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{attribute.name} must be an int or None, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    if not 0 <= value <= 10:
+        msg = f"{attribute.name} must be between 0 and 10, got {value!r}"
+        raise ValueError(msg)
+
+
+# --- the settings ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class MlflowTrackingSettings:
+    """The settings shared by :class:`MlflowConfig` and :class:`~flyteplugins.mlflow.MlflowRun`.
+
+    Every field's "unset" value (``None``, ``False``, ``AUTO``, empty mapping) means "no preference":
+    the next level of configuration decides. See the user guide for the precedence.
+    """
+
+    run_mode: RunMode = attrs.field(default=RunMode.AUTO, converter=to_run_mode)
+    tracking_uri: str | None = attrs.field(default=None, validator=_tracking_uri)
+    experiment_name: str | None = attrs.field(default=None, validator=_optional_text)
+    experiment_id: str | None = attrs.field(default=None, validator=_optional_text)
+    run_name: str | None = attrs.field(default=None, validator=_optional_text)
+    run_id: str | None = attrs.field(default=None, validator=_optional_text)
+    tags: Mapping[str, str] = attrs.field(default=None, converter=_tags)
+    autolog: bool = attrs.field(default=False, validator=_bool)
+    framework: str | None = attrs.field(default=None, validator=_framework)
+    log_models: bool | None = attrs.field(default=None, validator=_optional_bool)
+    log_datasets: bool | None = attrs.field(default=None, validator=_optional_bool)
+    autolog_kwargs: Mapping[str, Any] = attrs.field(default=None, converter=_autolog_kwargs)
+    link_host: str | None = attrs.field(default=None, validator=_tracking_uri)
+    link_template: str | None = attrs.field(default=None, validator=_link_template)
+    run_kwargs: Mapping[str, Any] = attrs.field(default=None, converter=_run_kwargs)
+    on_tracking_error: OnTrackingError = attrs.field(
+        default=OnTrackingError.RAISE, converter=to_on_tracking_error
+    )
+    async_logging: bool = attrs.field(default=False, validator=_bool)
+    request_timeout: float | None = attrs.field(default=None, validator=_positive_float)
+    request_retries: int | None = attrs.field(default=None, validator=_retries)
+
+    def __attrs_post_init__(self) -> None:
+        if self.experiment_name is not None and self.experiment_id is not None:
+            msg = (
+                f"experiment_name={self.experiment_name!r} and experiment_id={self.experiment_id!r} "
+                "cannot both be set: give one of them"
+            )
+            raise ValueError(msg)
+        if self.run_name is not None and self.run_id is not None:
+            msg = (
+                f"run_name={self.run_name!r} and run_id={self.run_id!r} cannot both be set: give one of them"
+            )
+            raise ValueError(msg)
+
+
+_FIELDS: Final = attrs.fields(MlflowTrackingSettings)
+
+
+@attrs.frozen(kw_only=True)
+class MlflowConfig(MlflowTrackingSettings, Mapping[str, str]):
+    """MLflow settings for a workflow or a scope within a task.
+
+    A config is a read-only ``Mapping[str, str]`` of the settings it sets, in the ``custom_context``
+    encoding, so it can be given to ``flyte.with_runcontext(custom_context=...)``. It is also a context
+    manager: inside a task, ``with mlflow_config(run_mode="new"): await child()`` applies its settings
+    to the tasks called in the block, and the previous settings come back when the block exits.
+    A scoped config's tags are added to the tags already in the context.
+
+    Raises:
+        ValueError: conflicting or invalid settings (the message names the field and the value).
+        TypeError: a setting of the wrong type.
+    """
+
+    _encoded: Mapping[str, str] = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        object.__setattr__(self, "_encoded", FrozenDict(encode(self)))
+
+    def __getitem__(self, key: str) -> str:
+        return self._encoded[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._encoded)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __enter__(self) -> MlflowConfig:
+        from flyteplugins.mlflow import _context
+
+        _context.enter_scope(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from flyteplugins.mlflow import _context
+
+        _context.exit_scope()
+
+
+# --- the codec ---------------------------------------------------------------------------------
+
+
+class _Kind(enum.Enum):
+    TEXT = "a string"
+    FLAG = "'true' or 'false'"
+    OPTIONAL_FLAG = "'true', 'false' or '' (unset)"
+    MODE = "a run mode"
+    POLICY = "an error policy"
+    MAPPING = "a JSON object"
+    SECONDS = "a positive number"
+    COUNT = "a whole number"
+
+
+_KINDS: Final[dict[str, _Kind]] = {
+    "run_mode": _Kind.MODE,
+    "tags": _Kind.MAPPING,
+    "autolog": _Kind.FLAG,
+    "log_models": _Kind.OPTIONAL_FLAG,
+    "log_datasets": _Kind.OPTIONAL_FLAG,
+    "autolog_kwargs": _Kind.MAPPING,
+    "run_kwargs": _Kind.MAPPING,
+    "on_tracking_error": _Kind.POLICY,
+    "async_logging": _Kind.FLAG,
+    "request_timeout": _Kind.SECONDS,
+    "request_retries": _Kind.COUNT,
+}
+_DEFAULTS: Final = {f.name: f.default for f in _FIELDS}
+
+
+def _is_unset(name: str, value: object) -> bool:
+    default = _DEFAULTS[name]
+    if default is None:
+        return value is None or (isinstance(value, Mapping) and not value)
+    return bool(value == default)
+
+
+def _encode_value(kind: _Kind, value: Any) -> str:
+    if kind in (_Kind.FLAG, _Kind.OPTIONAL_FLAG):
+        return "true" if value else "false"
+    if kind in (_Kind.MODE, _Kind.POLICY):
+        return str(value.value)
+    if kind is _Kind.MAPPING:
+        return json.dumps(thaw(value), sort_keys=True, separators=(",", ":"))
+    if kind in (_Kind.SECONDS, _Kind.COUNT):
+        return repr(value)
+    return str(value)
+
+
+def encode(settings: MlflowTrackingSettings) -> dict[str, str]:
+    """Encode the settings that are set (not at their defaults) as ``custom_context`` entries."""
+    out: dict[str, str] = {}
+    for f in _FIELDS:
+        value = getattr(settings, f.name)
+        if not _is_unset(f.name, value):
+            out[CONTEXT_PREFIX + f.name] = _encode_value(_KINDS.get(f.name, _Kind.TEXT), value)
+    return out
+
+
+def _decode_value(key: str, kind: _Kind, text: str) -> object:
+    if kind is _Kind.TEXT:
+        return text or None
+    if kind in (_Kind.FLAG, _Kind.OPTIONAL_FLAG):
+        if text in ("true", "false"):
+            return text == "true"
+        if text == "" and kind is _Kind.OPTIONAL_FLAG:
+            return None
+    elif kind is _Kind.MODE:
+        return to_run_mode(text or RunMode.AUTO)
+    elif kind is _Kind.POLICY:
+        return to_on_tracking_error(text or OnTrackingError.RAISE)
+    elif kind is _Kind.MAPPING:
+        if text == "":
+            return None
+        value = json.loads(text)
+        if isinstance(value, dict):
+            return value
+    elif kind is _Kind.SECONDS:
+        return float(text) if text else None
+    elif kind is _Kind.COUNT:
+        return int(text) if text else None
+    msg = f"expected {kind.value}"
+    raise ValueError(msg)
+
+
+def decode(context: Mapping[str, str]) -> MlflowConfig | None:
+    """Read the settings stored in a ``custom_context``; ``None`` when it holds none.
+
+    Keys that do not name a setting are ignored.
+
+    Raises:
+        ValueError: a setting's value is malformed. The message names the key and the value.
+    """
+    values: dict[str, object] = {}
+    found = False
+    for f in _FIELDS:
+        key = CONTEXT_PREFIX + f.name
+        if key not in context:
+            continue
+        found = True
+        text: object = context[key]
+        try:
+            if not isinstance(text, str):
+                msg = f"expected a string, got {type(text).__name__}"
+                raise ValueError(msg)
+            values[f.name] = _decode_value(key, _KINDS.get(f.name, _Kind.TEXT), text)
+        except (ValueError, TypeError) as e:
+            msg = f"custom_context[{key!r}] = {text!r} is not a valid {f.name} setting: {e}"
+            raise ValueError(msg) from None
+    if not found:
+        return None
+    try:
+        return MlflowConfig(**values)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as e:
+        shown = {CONTEXT_PREFIX + k: context[CONTEXT_PREFIX + k] for k in values}
+        msg = f"the mlflow settings in custom_context are invalid ({e}); the settings were {shown!r}"
+        raise ValueError(msg) from None

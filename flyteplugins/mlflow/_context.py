@@ -1,0 +1,197 @@
+"""Everything the plugin reads from, or scopes onto, Flyte's task context. No other module touches it.
+
+What flows through ``custom_context``:
+
+* the settings (``mlflow_<field>``, see :mod:`flyteplugins.mlflow._config`), from
+  ``with_runcontext(custom_context=mlflow_config(...))`` or a ``with mlflow_config(...)`` block;
+* what a tracked task tells the tasks it calls (:class:`Inherited`): its run id and experiment id,
+  and the experiment ids it resolved from names, so children need no lookups of their own.
+
+Flyte snapshots the context when a child is submitted, so a scoped change made here reaches exactly
+the tasks called inside the scope, in this process or in another one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+import attrs
+import flyte
+
+from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowConfig, decode, encode
+
+__all__ = [
+    "PARENT_EXPERIMENT_KEY",
+    "PARENT_RUN_KEY",
+    "RESOLVED_EXPERIMENTS_KEY",
+    "Inherited",
+    "TaskSnapshot",
+    "children_scope",
+    "enter_scope",
+    "exit_scope",
+    "snapshot",
+]
+
+PARENT_RUN_KEY = CONTEXT_PREFIX + "parent_run_id"
+PARENT_EXPERIMENT_KEY = CONTEXT_PREFIX + "parent_experiment_id"
+RESOLVED_EXPERIMENTS_KEY = CONTEXT_PREFIX + "experiment_ids"
+
+
+@attrs.frozen
+class Inherited:
+    """What the calling task's run passes down: its run and experiment, and resolved experiment names."""
+
+    run_id: str | None = None
+    experiment_id: str | None = None
+    experiment_ids: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, str]) -> Inherited:
+        """Read the inherited state from a ``custom_context``.
+
+        Raises:
+            ValueError: the resolved-experiments entry is not a JSON object of strings.
+        """
+        raw = context.get(RESOLVED_EXPERIMENTS_KEY) or "{}"
+        try:
+            resolved = json.loads(raw)
+        except ValueError:
+            resolved = None
+        if not isinstance(resolved, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in resolved.items()
+        ):
+            msg = f"custom_context[{RESOLVED_EXPERIMENTS_KEY!r}] = {raw!r} must be a JSON object of strings"
+            raise ValueError(msg)
+        return cls(
+            run_id=context.get(PARENT_RUN_KEY) or None,
+            experiment_id=context.get(PARENT_EXPERIMENT_KEY) or None,
+            experiment_ids=resolved,
+        )
+
+
+@attrs.frozen
+class TaskSnapshot:
+    """The plain values the lifecycle needs from the Flyte task context, read once per task."""
+
+    in_task: bool = False
+    config: MlflowConfig | None = None
+    inherited: Inherited = Inherited()
+    flyte_tags: Mapping[str, str] = attrs.field(factory=dict)
+    attempt: int | None = None
+    env_rank: int | None = None
+
+
+def _env_rank() -> int | None:
+    raw = os.environ.get("RANK")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"the RANK environment variable must be an integer, got {raw!r}"
+        raise ValueError(msg) from None
+
+
+def snapshot() -> TaskSnapshot:
+    """Read the current task's context.
+
+    Raises:
+        ValueError: a malformed ``mlflow_*`` entry in ``custom_context``, or a non-integer ``RANK``.
+    """
+    rank = _env_rank()
+    tctx = flyte.ctx()
+    if not tctx:
+        return TaskSnapshot(env_rank=rank)
+    context = tctx.custom_context or {}
+    action = tctx.action
+    tags = {
+        "flyte.action_name": action.name,
+        "flyte.run_name": action.run_name,
+        "flyte.project": action.project,
+        "flyte.domain": action.domain,
+    }
+    return TaskSnapshot(
+        in_task=True,
+        config=decode(context),
+        inherited=Inherited.from_context(context),
+        flyte_tags={k: v for k, v in tags.items() if v},
+        attempt=tctx.attempt_number,
+        env_rank=rank,
+    )
+
+
+def current_config() -> MlflowConfig | None:
+    """The settings in the current task's ``custom_context``, or ``None``.
+
+    Raises:
+        ValueError: a malformed ``mlflow_*`` entry.
+    """
+    tctx = flyte.ctx()
+    if not tctx:
+        return None
+    return decode(tctx.custom_context or {})
+
+
+@contextlib.contextmanager
+def children_scope(entries: Mapping[str, str]) -> Iterator[None]:
+    """Add ``entries`` to the context of every task called inside the block (no-op outside a task)."""
+    if not entries or not flyte.ctx():
+        yield
+        return
+    with flyte.custom_context(**entries):
+        yield
+
+
+# --- ``with mlflow_config(...)`` ---------------------------------------------------------------
+
+_PAIRS = {
+    "experiment_name": "experiment_id",
+    "experiment_id": "experiment_name",
+    "run_name": "run_id",
+    "run_id": "run_name",
+}
+
+_OPEN_SCOPES: contextvars.ContextVar[tuple[contextlib.ExitStack, ...]] = contextvars.ContextVar(
+    "flyteplugins_mlflow_config_scopes", default=()
+)
+
+
+def scoped_entries(config: MlflowConfig, current: MlflowConfig | None) -> dict[str, str]:
+    """The ``custom_context`` entries that apply ``config`` on top of ``current``.
+
+    Tags are added to the current tags. Setting one of a mutually exclusive pair (experiment name or
+    id, run name or id) clears the other, so the result is always a valid configuration.
+    """
+    entries = encode(config)
+    if current is not None and config.tags:
+        entries[CONTEXT_PREFIX + "tags"] = encode(attrs.evolve(config, tags={**current.tags, **config.tags}))[
+            CONTEXT_PREFIX + "tags"
+        ]
+    for name, partner in _PAIRS.items():
+        if getattr(config, name) is not None:
+            entries[CONTEXT_PREFIX + partner] = ""
+    return entries
+
+
+def enter_scope(config: MlflowConfig) -> None:
+    """Open a ``with mlflow_config(...)`` block: its settings apply to tasks called inside it.
+
+    Raises:
+        ValueError: the context already holds malformed settings.
+    """
+    stack = contextlib.ExitStack()
+    stack.enter_context(children_scope(scoped_entries(config, current_config())))
+    _OPEN_SCOPES.set((*_OPEN_SCOPES.get(), stack))
+
+
+def exit_scope() -> None:
+    """Close the innermost open ``with mlflow_config(...)`` block of this context."""
+    scopes = _OPEN_SCOPES.get()
+    if not scopes:
+        return
+    _OPEN_SCOPES.set(scopes[:-1])
+    scopes[-1].close()

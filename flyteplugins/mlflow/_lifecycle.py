@@ -1,0 +1,473 @@
+"""Starting, sharing, nesting and ending MLflow runs around one call of a tracked function.
+
+The work is split so that the decision is a pure function and the network calls are few:
+
+1. :func:`plan` turns the tracker's settings and a :class:`~flyteplugins.mlflow._context.TaskSnapshot`
+   into a :class:`Plan` (share the caller's run, create one, or resume one), or ``None`` on a rank
+   that must not log. It makes no calls.
+2. :func:`begin` carries the plan out: at most one request to create a run (with all its tags), none
+   to share a run that lives in this process, one to fetch a shared run from another process.
+   Experiment names are resolved once per process and tracking URI, and passed on to children.
+3. :func:`bound` makes the run the active run of the calling context only (see
+   :mod:`flyteplugins.mlflow._runstack`) and tells the tasks called inside it about the run.
+4. :func:`end` sets the run's final status, ``FINISHED``, ``FAILED`` or ``KILLED``, in one request,
+   retried harder than other calls. A shared run is never ended.
+
+:func:`call_sync` and :func:`call_async` put the steps together. In async tasks the blocking steps
+run on a small thread pool of the plugin's own, so sibling trials keep running while one waits on
+the tracking server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+import attrs
+from typing_extensions import ParamSpec
+
+from flyteplugins.mlflow import _mlflow_state, _runstack
+from flyteplugins.mlflow._config import (
+    CONTEXT_PREFIX,
+    MlflowConfig,
+    MlflowTrackingSettings,
+    OnTrackingError,
+    RunMode,
+)
+from flyteplugins.mlflow._context import (
+    PARENT_EXPERIMENT_KEY,
+    PARENT_RUN_KEY,
+    RESOLVED_EXPERIMENTS_KEY,
+    TaskSnapshot,
+    children_scope,
+    snapshot,
+)
+from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
+from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, describe, server_for
+from mlflow.entities import RunStatus
+from mlflow.tracking.fluent import ActiveRun
+
+__all__ = ["Plan", "begin", "bound", "call_async", "call_sync", "current_run", "end", "plan"]
+
+logger = logging.getLogger("flyteplugins.mlflow")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PARENT_TAG: Final = "mlflow.parentRunId"
+NOTE_TAG: Final = "mlflow.note.content"
+ATTEMPT_TAG: Final = "flyte.attempt"
+
+_CURRENT: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar(
+    "flyteplugins_mlflow_run", default=None
+)
+_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flyteplugins-mlflow")
+
+
+def current_run() -> ActiveRun | None:
+    """The run of the innermost tracked call in this context, if any."""
+    return _CURRENT.get()
+
+
+# --- 1. the plan -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Plan:
+    """What one tracked call will do. ``share``: log into ``run_id``; ``resume``: reopen ``run_id``;
+    ``create``: a new run, under ``parent_run_id`` when nested."""
+
+    action: str
+    tracking_uri: str
+    policy: RequestPolicy = DEFAULT_POLICY
+    on_error: OnTrackingError = OnTrackingError.RAISE
+    run_id: str | None = None
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    run_name: str | None = None
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    autolog: _mlflow_state.Autolog | None = None
+    log_system_metrics: bool = False
+    resolved_experiments: Mapping[str, str] = attrs.field(factory=dict)
+    passed_down: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _default_experiment() -> tuple[str | None, str | None]:
+    """MLflow's own default: ``MLFLOW_EXPERIMENT_ID``, else ``MLFLOW_EXPERIMENT_NAME``, else ``"0"``."""
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+    if experiment_id:
+        return experiment_id, None
+    return None, os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+
+
+def _experiment(
+    own: MlflowTrackingSettings, ctx: MlflowConfig, mode: RunMode, snap: TaskSnapshot
+) -> tuple[str | None, str | None]:
+    if own.experiment_id or own.experiment_name:
+        return own.experiment_id, own.experiment_name
+    parent_experiment = snap.inherited.experiment_id if snap.inherited.run_id else None
+    if mode is RunMode.NESTED and parent_experiment:
+        return parent_experiment, None
+    if ctx.experiment_id or ctx.experiment_name:
+        return ctx.experiment_id, ctx.experiment_name
+    if parent_experiment:
+        return parent_experiment, None
+    return _default_experiment()
+
+
+def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Autolog | None:
+    if not (own.autolog or ctx.autolog):
+        return None
+    kwargs: dict[str, Any] = {**ctx.autolog_kwargs, **own.autolog_kwargs}
+    for name in ("log_models", "log_datasets"):
+        value = getattr(own, name)
+        value = getattr(ctx, name) if value is None else value
+        if value is not None:
+            kwargs[name] = value
+    return _mlflow_state.Autolog(own.framework or ctx.framework, kwargs)
+
+
+def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
+    timeout = own.request_timeout or ctx.request_timeout
+    retries = own.request_retries if own.request_retries is not None else ctx.request_retries
+    return attrs.evolve(
+        DEFAULT_POLICY,
+        timeout=timeout or DEFAULT_POLICY.timeout,
+        retries=DEFAULT_POLICY.retries if retries is None else retries,
+    )
+
+
+def plan(own: MlflowTrackingSettings, rank: int | None, snap: TaskSnapshot, default_uri: str) -> Plan | None:
+    """Decide what a tracked call does, from the tracker's settings and the task's context.
+
+    Precedence: the tracker's settings, then the context's, then ``MLFLOW_TRACKING_URI`` (already in
+    ``default_uri``), then MLflow's defaults. A tracker's ``AUTO`` run mode defers to the context.
+
+    Returns:
+        The plan, or ``None`` when this process's rank is not 0 and must not log.
+    """
+    effective_rank = rank if rank is not None else snap.env_rank
+    if effective_rank not in (None, 0):
+        return None
+    ctx = snap.config or MlflowConfig()
+    mode = own.run_mode if own.run_mode is not RunMode.AUTO else ctx.run_mode
+    run_id = own.run_id or (None if own.run_name else ctx.run_id)
+    run_name = own.run_name or (None if own.run_id else ctx.run_name)
+    parent = snap.inherited.run_id
+
+    tags: dict[str, str] = dict(snap.flyte_tags)
+    if snap.attempt is not None:
+        tags[ATTEMPT_TAG] = str(snap.attempt)
+    tags.update(ctx.tags)
+    tags.update(own.tags)
+    description = own.run_kwargs.get("description", ctx.run_kwargs.get("description"))
+    if description is not None:
+        tags[NOTE_TAG] = description
+
+    passed_down: dict[str, str] = {}
+    for name in ("run_id", "run_name"):
+        if getattr(ctx, name) is not None:
+            passed_down[CONTEXT_PREFIX + name] = ""  # one run per identity: children don't reuse it
+    for name in ("tracking_uri", "link_host", "link_template"):
+        value = getattr(own, name)
+        if value is not None:
+            passed_down[CONTEXT_PREFIX + name] = value
+
+    if run_id is not None:
+        action = "resume"
+    elif mode is RunMode.AUTO and parent is not None:
+        action = "share"
+        run_id = parent
+    else:
+        action = "create"
+        if mode is RunMode.NESTED and parent is not None:
+            tags[PARENT_TAG] = parent
+    experiment_id, experiment_name = _experiment(own, ctx, mode, snap) if action == "create" else (None, None)
+    return Plan(
+        action=action,
+        tracking_uri=own.tracking_uri or ctx.tracking_uri or default_uri,
+        policy=_policy(own, ctx),
+        on_error=own.on_tracking_error
+        if own.on_tracking_error is not OnTrackingError.RAISE
+        else ctx.on_tracking_error,
+        run_id=run_id,
+        parent_run_id=tags.get(PARENT_TAG),
+        experiment_id=experiment_id,
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tags=tags,
+        autolog=_autolog(own, ctx),
+        log_system_metrics=bool(
+            own.run_kwargs.get("log_system_metrics", ctx.run_kwargs.get("log_system_metrics"))
+        ),
+        resolved_experiments=snap.inherited.experiment_ids,
+        passed_down=passed_down,
+    )
+
+
+# --- 2. begin ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Opened:
+    """A run that a tracked call is using, and what the tasks it calls are told about it."""
+
+    plan: Plan
+    run: ActiveRun
+    owned: bool
+    children: Mapping[str, str]
+    monitor: Any = None
+
+
+_experiments: dict[tuple[str, str], str] = {}
+_experiments_lock = threading.Lock()
+
+
+def _experiment_id(server: Server, name: str, known: Mapping[str, str]) -> str:
+    if name in known:
+        return known[name]
+    key = (server.uri, name)
+    with _experiments_lock:
+        if key not in _experiments:
+            _experiments[key] = server.experiment_id(name)
+        return _experiments[key]
+
+
+@functools.lru_cache(maxsize=1)
+def _source_tags() -> Mapping[str, str]:
+    """MLflow's default run tags (user, source, git commit), worked out once per process."""
+    from mlflow.tracking.context import registry
+
+    return {k: str(v) for k, v in registry.resolve_tags({}).items()}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
+    """Share, resume or create the planned run. Blocking; runs off the event loop in async tasks.
+
+    Args:
+        p: the plan.
+        local_run: the run of the calling task when it runs in this process (shared without a request).
+
+    Raises:
+        MlflowTrackingError: the tracking server failed or was unreachable, or holds the global state
+            for another tracking URI.
+    """
+    server = server_for(p.tracking_uri, p.policy)
+    _mlflow_state.hold(p.tracking_uri, p.autolog)
+    try:
+        known = dict(p.resolved_experiments)
+        if p.action == "share":
+            assert p.run_id is not None
+            if local_run is not None and local_run.info.run_id == p.run_id:
+                run = local_run
+            else:
+                run = ActiveRun(server.get_run(p.run_id))
+        elif p.action == "resume":
+            assert p.run_id is not None
+            found = server.get_run(p.run_id)
+            if found.info.lifecycle_stage == "deleted":
+                msg = (
+                    f"run_id {p.run_id!r} names a deleted run; restore it in the MLflow UI or choose another"
+                )
+                raise TrackingRequestError(msg)
+            server.set_status(p.run_id, RunStatus.to_string(RunStatus.RUNNING), None)
+            if p.tags:
+                server.set_tags(p.run_id, p.tags)
+            run = ActiveRun(found)
+        else:
+            experiment_id = p.experiment_id
+            if experiment_id is None:
+                experiment_id = _experiment_id(server, p.experiment_name, known) if p.experiment_name else "0"
+                if p.experiment_name:
+                    known[p.experiment_name] = experiment_id
+            tags = {**_source_tags(), **p.tags}
+            run = ActiveRun(server.create_run(experiment_id, p.run_name, tags, _now_ms()))
+        _mlflow_state.use_experiment(run.info.experiment_id)
+    except BaseException:
+        _mlflow_state.release(p.autolog)
+        raise
+    children = {
+        PARENT_RUN_KEY: run.info.run_id,
+        PARENT_EXPERIMENT_KEY: run.info.experiment_id,
+        **p.passed_down,
+    }
+    if known != dict(p.resolved_experiments):
+        children[RESOLVED_EXPERIMENTS_KEY] = json.dumps(known, sort_keys=True)
+    monitor = _start_monitor(run.info.run_id) if p.log_system_metrics and p.action != "share" else None
+    return Opened(plan=p, run=run, owned=p.action != "share", children=children, monitor=monitor)
+
+
+def _start_monitor(run_id: str) -> Any:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id)
+    monitor.start()
+    return monitor
+
+
+# --- 3. bound ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
+    """Make ``opened.run`` the active run of this context, and announce it to the tasks called inside."""
+    runs = [opened.run]
+    stack_token = _runstack.bind(runs)
+    run_token = _CURRENT.set(opened.run)
+    try:
+        with children_scope(opened.children):
+            yield runs
+    finally:
+        _CURRENT.reset(run_token)
+        _runstack.unbind(stack_token)
+
+
+# --- 4. end ------------------------------------------------------------------------------------
+
+
+def status_for(error: BaseException | None) -> str:
+    """``FINISHED`` for success, ``KILLED`` for cancellation and interrupts, ``FAILED`` otherwise."""
+    if error is None:
+        return RunStatus.to_string(RunStatus.FINISHED)
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+        return RunStatus.to_string(RunStatus.KILLED)
+    return RunStatus.to_string(RunStatus.FAILED)
+
+
+def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
+    """End what the call opened: runs the user left open inside it, then its own run, then the globals.
+
+    Raises:
+        MlflowTrackingError: the final status could not be set, even after the finalize retries.
+    """
+    try:
+        if opened.monitor is not None:
+            with contextlib.suppress(Exception):
+                opened.monitor.finish()
+        if opened.owned or len(runs) > 1:
+            server = server_for(opened.plan.tracking_uri, opened.plan.policy)
+            policy = opened.plan.policy.for_finalize()
+            leftovers = [r for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
+            for run in reversed(leftovers):
+                server.set_status(run.info.run_id, status, _now_ms(), policy)
+            if opened.owned:
+                server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
+    finally:
+        _mlflow_state.release(opened.plan.autolog)
+
+
+# --- putting it together -----------------------------------------------------------------------
+
+
+def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
+    import mlflow
+
+    return plan(own, rank, snapshot(), mlflow.get_tracking_uri())
+
+
+def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:
+    try:
+        return begin(p, local_run)
+    except MlflowTrackingError as e:
+        if p.on_error is OnTrackingError.RAISE:
+            raise
+        logger.warning(
+            "MLflow tracking is off for this call: %s (tracking URI %s)", e, describe(p.tracking_uri)
+        )
+        return None
+
+
+def _end_or_warn(opened: Opened, error: BaseException | None, runs: list[ActiveRun]) -> None:
+    status = status_for(error)
+    try:
+        end(opened, status, runs)
+    except MlflowTrackingError as e:
+        if error is None and opened.plan.on_error is OnTrackingError.RAISE:
+            raise
+        logger.warning(
+            "MLflow run %s could not be marked %s: %s (tracking URI %s)",
+            opened.run.info.run_id,
+            status,
+            e,
+            describe(opened.plan.tracking_uri),
+        )
+
+
+def call_sync(
+    own: MlflowTrackingSettings, rank: int | None, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Run a sync function inside its MLflow run."""
+    p = _prepare(own, rank)
+    opened = _begin_or_warn(p, _CURRENT.get()) if p is not None else None
+    if opened is None:
+        return func(*args, **kwargs)
+    runs: list[ActiveRun] = [opened.run]
+    try:
+        with bound(opened) as runs:
+            result = func(*args, **kwargs)
+    except BaseException as error:
+        _end_or_warn(opened, error, runs)
+        raise
+    _end_or_warn(opened, None, runs)
+    return result
+
+
+async def _complete(fn: Callable[..., R], *args: Any) -> tuple[R, bool]:
+    """Run ``fn`` on the plugin's pool and wait for it even if cancelled meanwhile.
+
+    Returns:
+        The result, and whether the caller was cancelled while waiting.
+    """
+    future = asyncio.get_running_loop().run_in_executor(_IO, functools.partial(fn, *args))
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(future), cancelled
+        except asyncio.CancelledError:
+            cancelled = True
+
+
+async def call_async(
+    own: MlflowTrackingSettings,
+    rank: int | None,
+    func: Callable[P, Awaitable[R]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run an async function inside its MLflow run, keeping the event loop free during tracking calls."""
+    p = _prepare(own, rank)
+    if p is None:
+        return await func(*args, **kwargs)
+    opened, cancelled = await _complete(_begin_or_warn, p, _CURRENT.get())
+    if cancelled:
+        if opened is not None:
+            await _complete(_end_or_warn, opened, asyncio.CancelledError(), [opened.run])
+        raise asyncio.CancelledError
+    if opened is None:
+        return await func(*args, **kwargs)
+    runs: list[ActiveRun] = [opened.run]
+    try:
+        with bound(opened) as runs:
+            result = await func(*args, **kwargs)
+    except BaseException as error:
+        await _complete(_end_or_warn, opened, error, runs)
+        raise
+    _, cancelled = await _complete(_end_or_warn, opened, None, runs)
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

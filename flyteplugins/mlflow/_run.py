@@ -1,0 +1,120 @@
+"""``MlflowRun``: the frozen tracker that decorates tasks and functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast, overload
+
+import attrs
+from flyte.extend import TaskTemplate
+from typing_extensions import ParamSpec
+
+from flyteplugins.mlflow._config import MlflowConfig, MlflowTrackingSettings
+from flyteplugins.mlflow._lifecycle import call_async, call_sync
+from flyteplugins.mlflow._link import DEFAULT_NAME, Mlflow
+
+__all__ = ["MlflowRun"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound=TaskTemplate[Any, Any, Any])
+
+
+def _rank(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"rank must be an int or None, got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    if value < 0:
+        msg = f"rank must be 0 or more, got {value!r}"
+        raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class MlflowRun(MlflowTrackingSettings):
+    """An MLflow tracker: create it once, then decorate any number of tasks and functions with it.
+
+    ``@tracker`` goes above ``@env.task`` and returns a decorated copy of the task; the original is
+    not changed. It also wraps plain sync and async functions and methods. Each call starts, shares
+    or nests an MLflow run as its settings say (see :class:`MlflowConfig` for the settings), makes it
+    the active run of that call only, and ends it with ``FINISHED``, ``FAILED`` or ``KILLED``.
+
+    Args:
+        rank: this process's rank in distributed training; only rank 0 logs. ``None`` reads ``RANK``.
+
+    Raises:
+        ValueError: conflicting or invalid settings.
+        TypeError: a setting of the wrong type.
+    """
+
+    rank: int | None = attrs.field(default=None, validator=_rank)
+
+    @overload
+    def __call__(self, target: T) -> T: ...
+
+    @overload
+    def __call__(self, target: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, target: Any) -> Any:
+        """Decorate a Flyte task (returning a decorated copy) or wrap a function.
+
+        Raises:
+            TypeError: the target is neither a function task nor a callable.
+        """
+        if isinstance(target, TaskTemplate):
+            return self._decorate_task(target)
+        if callable(target):
+            return self._wrap(target)
+        msg = f"MlflowRun decorates Flyte tasks and functions, got {type(target).__name__} {target!r}"
+        raise TypeError(msg)
+
+    def _decorate_task(self, task: T) -> T:
+        func = getattr(task, "func", None)
+        if not callable(func):
+            msg = (
+                "MlflowRun can only decorate function tasks (made with @env.task), got "
+                f"{type(task).__name__} {task.name!r}; put the tracker above @env.task"
+            )
+            raise TypeError(msg)
+        links = tuple(
+            link.bound_to(self.run_mode) if isinstance(link, Mlflow) else link for link in task.links
+        )
+        changes: dict[str, Any] = {"func": self._wrap(func), "links": links}
+        return dataclasses.replace(task, **changes)
+
+    def _wrap(self, func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func):
+            async_func = cast(Callable[P, Awaitable[Any]], func)
+
+            @functools.wraps(func)
+            async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await call_async(self, self.rank, async_func, *args, **kwargs)
+
+            return cast(Callable[P, R], tracked_async)
+
+        @functools.wraps(func)
+        def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
+            return call_sync(self, self.rank, func, *args, **kwargs)
+
+        return tracked
+
+    def config(self) -> MlflowConfig:
+        """This tracker's settings, for ``with_runcontext(custom_context=...)`` or a ``with`` block."""
+        return MlflowConfig(**{f.name: getattr(self, f.name) for f in attrs.fields(MlflowTrackingSettings)})
+
+    def link(self, name: str = DEFAULT_NAME) -> Mlflow:
+        """A link for ``@env.task(links=(tracker.link(),))`` that already knows this tracker's run mode."""
+        return Mlflow(name=name).bound_to(self.run_mode)
+
+    def for_rank(self, rank: int) -> MlflowRun:
+        """A copy of this tracker bound to process rank ``rank`` (only rank 0 logs).
+
+        Raises:
+            TypeError: ``rank`` is not an int.
+            ValueError: ``rank`` is negative.
+        """
+        return attrs.evolve(self, rank=rank)

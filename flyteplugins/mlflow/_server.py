@@ -1,0 +1,379 @@
+"""The plugin's own requests to the tracking server, bounded in time, retries and concurrency.
+
+``MlflowClient`` retries a failing HTTP request for minutes and takes its limits from process-wide
+environment variables, so one call cannot be bounded without changing them for everyone. The plugin
+makes only a handful of calls of its own (create a run, finalize it, look a run or an experiment
+up), so for ``http(s)`` tracking URIs it sends them itself through MLflow's ``http_request`` with
+retries switched off, and retries in a loop of its own:
+
+* a request that never reached the server (connection refused, connect timeout) is always retried;
+* a request that may have been processed (read timeout, HTTP 500) is retried only if repeating it is
+  harmless: finalizing or reading a run, yes; creating a run, no, since that could leave a duplicate
+  run ``RUNNING`` forever;
+* ``429``, ``502``, ``503`` and ``504`` mean "not processed" and are retried for every call.
+
+At most :data:`MAX_CONCURRENT_REQUESTS` of these requests are in flight per process, so a burst of
+parallel trials cannot exhaust the server's connection pool. Other tracking stores (a local SQLite
+file, a ``file:`` directory, Databricks) are reached through ``MlflowClient`` as usual.
+
+Errors name the server by ``host:port`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import requests
+from google.protobuf.message import Message
+
+from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
+from mlflow.entities import Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.service_pb2 import (
+    CreateExperiment,
+    CreateRun,
+    GetExperimentByName,
+    GetRun,
+    LogBatch,
+    UpdateRun,
+)
+from mlflow.tracking.client import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+__all__ = ["DEFAULT_POLICY", "MAX_CONCURRENT_REQUESTS", "RequestPolicy", "Server", "describe", "server_for"]
+
+MAX_CONCURRENT_REQUESTS: Final = 8
+_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+_NOT_PROCESSED: Final = frozenset({429, 502, 503, 504})
+_MAX_BACKOFF: Final = 4.0
+
+
+@attrs.frozen
+class RequestPolicy:
+    """Limits for one of the plugin's requests: per-attempt timeout, retries, and the first backoff."""
+
+    timeout: float = 4.0
+    retries: int = 2
+    backoff: float = 0.5
+
+    def for_finalize(self) -> RequestPolicy:
+        """Finalizing a finished run gets more retries: losing its status is worse than waiting."""
+        return attrs.evolve(self, retries=max(self.retries, 5))
+
+
+DEFAULT_POLICY: Final = RequestPolicy()
+
+
+def describe(uri: str) -> str:
+    """Name a tracking URI without anything secret: ``host:port`` for servers, the scheme otherwise."""
+    try:
+        parts = urlsplit(uri)
+        if parts.hostname:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+            return f"{parts.hostname}:{port}" if port else parts.hostname
+    except ValueError:
+        pass
+    scheme = uri.split(":", 1)[0] if ":" in uri else "file"
+    return f"a local {scheme} store" if scheme in ("file", "sqlite") else f"a {scheme} store"
+
+
+class Server(Protocol):
+    """The few tracking calls the plugin makes itself."""
+
+    @property
+    def uri(self) -> str:
+        """The tracking URI."""
+        ...
+
+    def create_run(
+        self, experiment_id: str, run_name: str | None, tags: Mapping[str, str], start_ms: int
+    ) -> Run:
+        """Create a ``RUNNING`` run with its tags in one request."""
+        ...
+
+    def get_run(self, run_id: str) -> Run:
+        """Fetch a run."""
+        ...
+
+    def set_status(
+        self, run_id: str, status: str, end_ms: int | None, policy: RequestPolicy | None = None
+    ) -> None:
+        """Set a run's status (``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        ...
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on an existing run."""
+        ...
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of the experiment called ``name``, creating it if it does not exist."""
+        ...
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+@attrs.frozen
+class RestServer:
+    """A tracking server reached over HTTP with bounded requests."""
+
+    uri: str
+    policy: RequestPolicy = DEFAULT_POLICY
+
+    def _call(
+        self,
+        action: str,
+        path: str,
+        request: Message,
+        response: _M,
+        *,
+        get: bool = False,
+        idempotent: bool = True,
+        policy: RequestPolicy | None = None,
+    ) -> _M:
+        policy = policy or self.policy
+        where = describe(self.uri)
+        endpoint = "/api/2.0/mlflow/" + path
+        body = json.loads(message_to_json(request))
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            failure: str
+            reached = True
+            try:
+                with _SLOTS:
+                    reply = http_request(
+                        get_default_host_creds(self.uri),
+                        endpoint,
+                        "GET" if get else "POST",
+                        max_retries=0,
+                        backoff_factor=0,
+                        timeout=policy.timeout,
+                        raise_on_status=False,
+                        **({"params": body} if get else {"json": body}),
+                    )
+                if reply.status_code == 200:
+                    verify_rest_response(reply, endpoint)
+                    parse_dict(js_dict=json.loads(reply.text or "{}"), message=response)
+                    return response
+                failure = f"HTTP {reply.status_code}"
+                retry = reply.status_code in _NOT_PROCESSED or (idempotent and reply.status_code >= 500)
+                if not retry:
+                    error = _server_message(reply)
+                    msg = f"the MLflow tracking server at {where} refused to {action}: {failure}: {error}"
+                    raise TrackingRequestError(msg)
+            except MlflowTrackingError:
+                raise
+            except Exception as e:
+                cause = _requests_cause(e)
+                reached = not isinstance(cause, requests.exceptions.ConnectionError) or isinstance(
+                    cause, requests.exceptions.ReadTimeout
+                )
+                failure = type(cause or e).__name__
+                retry = not reached or idempotent
+            elapsed = time.monotonic() - started
+            if not retry or attempt > policy.retries:
+                error_type = TrackingRequestError if reached else TrackingServerUnreachable
+                verb = "did not" if reached else "could not be reached to"
+                msg = (
+                    f"the MLflow tracking server at {where} {verb} {action}: {failure} "
+                    f"after {attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f}s "
+                    f"(request_timeout={policy.timeout:g}s, request_retries={policy.retries})"
+                )
+                raise error_type(msg)
+            time.sleep(min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
+
+    def create_run(
+        self, experiment_id: str, run_name: str | None, tags: Mapping[str, str], start_ms: int
+    ) -> Run:
+        """Create a ``RUNNING`` run with its tags in one request (not retried once it may have landed)."""
+        request = CreateRun(
+            experiment_id=experiment_id,
+            start_time=start_ms,
+            tags=[RunTag(k, v).to_proto() for k, v in tags.items()],
+            run_name=run_name or "",
+        )
+        reply = self._call("create a run", "runs/create", request, CreateRun.Response(), idempotent=False)
+        return Run.from_proto(reply.run)
+
+    def get_run(self, run_id: str) -> Run:
+        """Fetch a run."""
+        reply = self._call(
+            "find the run", "runs/get", GetRun(run_id=run_id, run_uuid=run_id), GetRun.Response(), get=True
+        )
+        return Run.from_proto(reply.run)
+
+    def set_status(
+        self, run_id: str, status: str, end_ms: int | None, policy: RequestPolicy | None = None
+    ) -> None:
+        """Set a run's status; retried, since setting it twice is harmless."""
+        request = UpdateRun(run_id=run_id, run_uuid=run_id, status=status)  # type: ignore[arg-type]
+        if end_ms is not None:
+            request.end_time = end_ms
+        self._call(f"mark the run {status}", "runs/update", request, UpdateRun.Response(), policy=policy)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on an existing run."""
+        request = LogBatch(run_id=run_id, tags=[RunTag(k, v).to_proto() for k, v in tags.items()])
+        self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of the experiment called ``name``, creating it if it does not exist."""
+        try:
+            found = self._call(
+                "find the experiment",
+                "experiments/get-by-name",
+                GetExperimentByName(experiment_name=name),
+                GetExperimentByName.Response(),
+                get=True,
+            )
+            return _live_experiment(name, found.experiment.experiment_id, found.experiment.lifecycle_stage)
+        except TrackingRequestError as e:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(e):
+                raise
+        try:
+            created = self._call(
+                "create the experiment",
+                "experiments/create",
+                CreateExperiment(name=name),
+                CreateExperiment.Response(),
+                idempotent=False,
+            )
+            return str(created.experiment_id)
+        except TrackingRequestError as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e):
+                raise
+        again = self._call(
+            "find the experiment",
+            "experiments/get-by-name",
+            GetExperimentByName(experiment_name=name),
+            GetExperimentByName.Response(),
+            get=True,
+        )
+        return str(again.experiment.experiment_id)
+
+
+def _live_experiment(name: str, experiment_id: str, stage: str) -> str:
+    if stage == "deleted":
+        msg = (
+            f"experiment {name!r} (id {experiment_id}) is deleted; restore it in the MLflow UI "
+            "or choose another experiment_name"
+        )
+        raise MlflowTrackingError(msg)
+    return experiment_id
+
+
+def _server_message(reply: requests.Response) -> str:
+    try:
+        body = json.loads(reply.text)
+    except ValueError:
+        return reply.text[:200]
+    if isinstance(body, dict):
+        return f"{body.get('error_code', '')} {body.get('message', '')}".strip()[:500]
+    return reply.text[:200]
+
+
+def _requests_cause(error: BaseException) -> BaseException | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.RequestException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@attrs.frozen
+class StoreServer:
+    """Any other tracking store (a SQLite file, a ``file:`` directory, Databricks) via ``MlflowClient``."""
+
+    uri: str
+    client: MlflowClient = attrs.field(eq=False, hash=False, repr=False)
+
+    def _guard(self, action: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except MlflowTrackingError:
+            raise
+        except Exception as e:
+            where = describe(self.uri)
+            msg = f"the MLflow tracking store ({where}) could not {action}: {type(e).__name__}: {e}"
+            raise TrackingRequestError(msg) from e
+
+    def create_run(
+        self, experiment_id: str, run_name: str | None, tags: Mapping[str, str], start_ms: int
+    ) -> Run:
+        """Create a ``RUNNING`` run with its tags."""
+        run: Run = self._guard(
+            "create a run",
+            lambda: self.client.create_run(
+                experiment_id, start_time=start_ms, tags=dict(tags), run_name=run_name
+            ),
+        )
+        return run
+
+    def get_run(self, run_id: str) -> Run:
+        """Fetch a run."""
+        run: Run = self._guard("find the run", lambda: self.client.get_run(run_id))
+        return run
+
+    def set_status(
+        self, run_id: str, status: str, end_ms: int | None, policy: RequestPolicy | None = None
+    ) -> None:
+        """Set a run's status."""
+        if status == "RUNNING":
+            self._guard("mark the run RUNNING", lambda: self.client.update_run(run_id, status=status))
+        else:
+            self._guard(f"mark the run {status}", lambda: self.client.set_terminated(run_id, status, end_ms))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on an existing run."""
+        self._guard(
+            "tag the run", lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        )
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of the experiment called ``name``, creating it if it does not exist."""
+
+        def resolve() -> str:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return _live_experiment(name, found.experiment_id, found.lifecycle_stage)
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                again = self.client.get_experiment_by_name(name)
+                assert again is not None
+                return again.experiment_id
+
+        result: str = self._guard("find or create the experiment", resolve)
+        return result
+
+
+_SERVERS: dict[tuple[str, RequestPolicy], Server] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def server_for(uri: str, policy: RequestPolicy = DEFAULT_POLICY) -> Server:
+    """The server object for a tracking URI and policy (one per process, made on first use)."""
+    key = (uri, policy)
+    with _SERVERS_LOCK:
+        if key not in _SERVERS:
+            scheme = urlsplit(uri).scheme.lower()
+            made: Server
+            if scheme in ("http", "https"):
+                made = RestServer(uri, policy)
+            else:
+                made = StoreServer(uri, MlflowClient(uri))
+            _SERVERS[key] = made
+        return _SERVERS[key]
