@@ -31,6 +31,8 @@ __all__ = [
     "Inherited",
     "TaskSnapshot",
     "children_scope",
+    "current_config",
+    "current_task",
     "enter_scope",
     "exit_scope",
     "snapshot",
@@ -107,7 +109,7 @@ def snapshot() -> TaskSnapshot:
     if not tctx:
         return TaskSnapshot(env_rank=rank)
     context = tctx.custom_context or {}
-    action = tctx.action
+    action = tctx.task_action or tctx.action
     tags = {
         "flyte.action_name": action.name,
         "flyte.run_name": action.run_name,
@@ -122,6 +124,17 @@ def snapshot() -> TaskSnapshot:
         attempt=tctx.attempt_number,
         env_rank=rank,
     )
+
+
+def current_task() -> str | None:
+    """The name of the Flyte action whose task body is running here, or ``None`` outside a task.
+
+    A ``@flyte.trace`` function runs under a pseudo-action of its own; it counts as its task's.
+    """
+    tctx = flyte.ctx()
+    if not tctx:
+        return None
+    return (tctx.task_action or tctx.action).name
 
 
 def current_config() -> MlflowConfig | None:

@@ -48,8 +48,10 @@ from flyteplugins.mlflow._context import (
     PARENT_EXPERIMENT_KEY,
     PARENT_RUN_KEY,
     RESOLVED_EXPERIMENTS_KEY,
+    Inherited,
     TaskSnapshot,
     children_scope,
+    current_task,
     snapshot,
 )
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
@@ -68,15 +70,30 @@ PARENT_TAG: Final = "mlflow.parentRunId"
 NOTE_TAG: Final = "mlflow.note.content"
 ATTEMPT_TAG: Final = "flyte.attempt"
 
-_CURRENT: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar(
+# The run of the innermost tracked call in this context, and the Flyte task it belongs to.
+_CURRENT: contextvars.ContextVar[tuple[ActiveRun, str | None] | None] = contextvars.ContextVar(
     "flyteplugins_mlflow_run", default=None
 )
 _IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flyteplugins-mlflow")
+_runstack.set_owner_probe(current_task)
 
 
 def current_run() -> ActiveRun | None:
-    """The run of the innermost tracked call in this context, if any."""
-    return _CURRENT.get()
+    """The run of the innermost tracked call of the running task or function, if any.
+
+    A task that Flyte runs inside its caller's context (local mode) does not see its caller's run
+    unless it is tracked itself, just as it would not in a process of its own.
+    """
+    current = _CURRENT.get()
+    if current is None or (current[1] is not None and current[1] != current_task()):
+        return None
+    return current[0]
+
+
+def _local_run() -> ActiveRun | None:
+    """The innermost tracked run in this context, whichever task owns it (shared without a request)."""
+    current = _CURRENT.get()
+    return None if current is None else current[0]
 
 
 # --- 1. the plan -------------------------------------------------------------------------------
@@ -327,8 +344,9 @@ def _start_monitor(run_id: str) -> Any:
 def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
     """Make ``opened.run`` the active run of this context, and announce it to the tasks called inside."""
     runs = [opened.run]
-    stack_token = _runstack.bind(runs)
-    run_token = _CURRENT.set(opened.run)
+    owner = current_task()
+    stack_token = _runstack.bind(runs, owner)
+    run_token = _CURRENT.set((opened.run, owner))
     try:
         with children_scope(opened.children):
             yield runs
@@ -377,7 +395,12 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
     import mlflow
 
-    return plan(own, rank, snapshot(), mlflow.get_tracking_uri())
+    snap = snapshot()
+    outer = _local_run()
+    if not snap.in_task and outer is not None:
+        # Outside Flyte, a tracked function called by another one inherits its run directly.
+        snap = attrs.evolve(snap, inherited=Inherited(outer.info.run_id, outer.info.experiment_id))
+    return plan(own, rank, snap, mlflow.get_tracking_uri())
 
 
 def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:
@@ -413,7 +436,7 @@ def call_sync(
 ) -> R:
     """Run a sync function inside its MLflow run."""
     p = _prepare(own, rank)
-    opened = _begin_or_warn(p, _CURRENT.get()) if p is not None else None
+    opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
         return func(*args, **kwargs)
     runs: list[ActiveRun] = [opened.run]
@@ -453,7 +476,7 @@ async def call_async(
     p = _prepare(own, rank)
     if p is None:
         return await func(*args, **kwargs)
-    opened, cancelled = await _complete(_begin_or_warn, p, _CURRENT.get())
+    opened, cancelled = await _complete(_begin_or_warn, p, _local_run())
     if cancelled:
         if opened is not None:
             await _complete(_end_or_warn, opened, asyncio.CancelledError(), [opened.run])

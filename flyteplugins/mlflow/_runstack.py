@@ -33,18 +33,38 @@ MLflow version in the message, rather than letting runs be misrouted silently.
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import mlflow
 from mlflow.tracking import fluent
 from mlflow.tracking.fluent import ActiveRun
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-__all__ = ["ContextLocalRunStack", "bind", "bound", "unbind"]
+__all__ = ["ContextLocalRunStack", "bind", "bound", "set_owner_probe", "unbind"]
 
-_BOUND: contextvars.ContextVar[list[ActiveRun] | None] = contextvars.ContextVar(
-    "flyteplugins_mlflow_active_runs", default=None
+
+class _Binding(NamedTuple):
+    runs: list[ActiveRun]
+    owner: object
+
+
+_BOUND: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar(
+    "flyteplugins_mlflow_runs", default=None
 )
+
+
+def _no_owner() -> object:
+    return None
+
+
+_owner_probe: Callable[[], object] = _no_owner
+
+
+def set_owner_probe(probe: Callable[[], object]) -> None:
+    """Set the function that names the current owner (the running Flyte task) for :func:`bind`."""
+    global _owner_probe
+    _owner_probe = probe
 
 
 class ContextLocalRunStack:
@@ -55,7 +75,7 @@ class ContextLocalRunStack:
 
     def get(self) -> list[ActiveRun]:
         """Return the list bound to this context, else MLflow's thread-local list."""
-        runs = _BOUND.get()
+        runs = bound()
         if runs is not None:
             return runs
         result: list[ActiveRun] = self._fallback.get()
@@ -63,7 +83,7 @@ class ContextLocalRunStack:
 
     def set(self, value: list[ActiveRun]) -> None:
         """Replace the current list's contents (the bound list, else the thread-local one)."""
-        runs = _BOUND.get()
+        runs = bound()
         if runs is not None:
             runs[:] = value
         else:
@@ -82,19 +102,29 @@ class ContextLocalRunStack:
         return getattr(self._fallback, name)
 
 
-def bind(runs: list[ActiveRun]) -> contextvars.Token[list[ActiveRun] | None]:
-    """Make ``runs`` the active-run stack of the current context; returns the token for :func:`unbind`."""
-    return _BOUND.set(runs)
+def bind(runs: list[ActiveRun], owner: object = None) -> contextvars.Token[_Binding | None]:
+    """Make ``runs`` the active-run stack of the current context; returns the token for :func:`unbind`.
+
+    Args:
+        runs: the stack.
+        owner: who may see it (the running Flyte task, from the owner probe). Code of the same
+            context that runs for another owner, such as an untracked child task that Flyte runs in
+            its caller's context in local mode, sees MLflow's own stack instead, as it would remotely.
+    """
+    return _BOUND.set(_Binding(runs, owner))
 
 
-def unbind(token: contextvars.Token[list[ActiveRun] | None]) -> None:
+def unbind(token: contextvars.Token[_Binding | None]) -> None:
     """Restore the binding that was current before :func:`bind` returned ``token``."""
     _BOUND.reset(token)
 
 
 def bound() -> list[ActiveRun] | None:
-    """The list bound to the current context, if any."""
-    return _BOUND.get()
+    """The list bound to the current context for the current owner, if any."""
+    binding = _BOUND.get()
+    if binding is None or (binding.owner is not None and binding.owner != _owner_probe()):
+        return None
+    return binding.runs
 
 
 def _unsupported(reason: str) -> RuntimeError:
