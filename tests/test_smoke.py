@@ -16,7 +16,7 @@ env = flyte.TaskEnvironment(name="smoke")
 def _run_id() -> str:
     run = get_mlflow_run()
     assert run is not None
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 @mlflow_run(run_mode="nested")

@@ -17,7 +17,7 @@ import math
 import string
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar, Union
+from typing import Any, Final, NoReturn, TypeVar, Union
 from urllib.parse import urlsplit
 
 import attrs
@@ -278,19 +278,38 @@ def _tracking_uri(instance: object, attribute: attrs.Attribute[Any], value: str 
         refuse_credentials(attribute.name, value)
 
 
+def _has_credentials(text: str) -> bool:
+    """Whether ``text`` is a URI with a user name or password (``scheme://user:password@host``)."""
+    try:
+        parts = urlsplit(text)
+        return parts.username is not None or parts.password is not None
+    except ValueError:  # unparsable (a broken IPv6 host, say): look for userinfo in the authority
+        return "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]
+
+
+def without_credentials(text: str) -> str:
+    """``text`` for an error message: a URI's user name and password are replaced by ``***``."""
+    if not _has_credentials(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return "***"
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def refuse_credentials(field: str, uri: str) -> None:
     """Refuse a URI that carries a user name or password.
 
     Raises:
         ValueError: the URI has credentials in it. The message never repeats them.
     """
+    if not _has_credentials(uri):
+        return
     try:
-        parts = urlsplit(uri)
+        host = urlsplit(uri).hostname or "?"
     except ValueError:
-        return
-    if parts.username is None and parts.password is None:
-        return
-    host = parts.hostname or "?"
+        host = "?"
     msg = (
         f"{field} must not contain credentials (got a URI for host {host!r} with a user name or password "
         "in it). Flyte stores custom_context, and with it the tracking URI, in the run's metadata, where "
@@ -370,7 +389,7 @@ def _retries(instance: object, attribute: attrs.Attribute[Any], value: object) -
 # --- the settings ------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class MlflowTrackingSettings:
     """The settings shared by :class:`MlflowConfig` and :class:`~flyteplugins.mlflow.MlflowRun`.
 
@@ -417,38 +436,37 @@ class MlflowTrackingSettings:
 _FIELDS: Final = attrs.fields(MlflowTrackingSettings)
 
 
-@attrs.frozen(kw_only=True)
-class MlflowConfig(MlflowTrackingSettings, Mapping[str, str]):
+@attrs.frozen(kw_only=True, slots=False)
+class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
     """MLflow settings for a workflow or a scope within a task.
 
-    A config is a read-only ``Mapping[str, str]`` of the settings it sets, in the ``custom_context``
-    encoding, so it can be given to ``flyte.with_runcontext(custom_context=...)``. It is also a context
-    manager: inside a task, ``with mlflow_config(run_mode="new"): await child()`` applies its settings
-    to the tasks called in the block, and the previous settings come back when the block exits.
-    A scoped config's tags are added to the tags already in the context.
+    A config is also a read-only ``dict[str, str]`` of the settings it sets, in the ``custom_context``
+    encoding, so it can be given to ``flyte.with_runcontext(custom_context=...)`` as it is (Flyte
+    types that parameter as a ``dict``; every mutating ``dict`` method raises ``TypeError``). It is
+    also a context manager: inside a task, ``with mlflow_config(run_mode="new"): await child()``
+    applies its settings to the tasks called in the block, and the previous settings come back when
+    the block exits. A scoped config's tags are added to the tags already in the context.
 
     Raises:
         ValueError: conflicting or invalid settings (the message names the field and the value).
         TypeError: a setting of the wrong type.
     """
 
-    _encoded: Mapping[str, str] = attrs.field(init=False, eq=False, hash=False, repr=False)
-
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        object.__setattr__(self, "_encoded", FrozenDict(encode(self)))
+        dict.update(self, encode(self))
 
-    def __getitem__(self, key: str) -> str:
-        return self._encoded[key]
+    def _immutable(self, *args: object, **kwargs: object) -> NoReturn:
+        msg = "MlflowConfig is immutable: build a new one with mlflow_config(...) or attrs.evolve"
+        raise TypeError(msg)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._encoded)
-
-    def __len__(self) -> int:
-        return len(self._encoded)
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _immutable
 
     def __bool__(self) -> bool:
         return True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (attrs.asdict(self, recurse=False),))
 
     def __enter__(self) -> MlflowConfig:
         from flyteplugins.mlflow import _context
@@ -465,6 +483,10 @@ class MlflowConfig(MlflowTrackingSettings, Mapping[str, str]):
         from flyteplugins.mlflow import _context
 
         _context.exit_scope()
+
+
+def _rebuild(fields: dict[str, Any]) -> MlflowConfig:
+    return MlflowConfig(**fields)
 
 
 # --- the codec ---------------------------------------------------------------------------------
@@ -574,13 +596,14 @@ def decode(context: Mapping[str, str]) -> MlflowConfig | None:
                 raise ValueError(msg)
             values[f.name] = _decode_value(key, _KINDS.get(f.name, _Kind.TEXT), text)
         except (ValueError, TypeError) as e:
-            msg = f"custom_context[{key!r}] = {text!r} is not a valid {f.name} setting: {e}"
+            shown_text = without_credentials(text) if isinstance(text, str) else text
+            msg = f"custom_context[{key!r}] = {shown_text!r} is not a valid {f.name} setting: {e}"
             raise ValueError(msg) from None
     if not found:
         return None
     try:
         return MlflowConfig(**values)  # type: ignore[arg-type]
     except (ValueError, TypeError) as e:
-        shown = {CONTEXT_PREFIX + k: context[CONTEXT_PREFIX + k] for k in values}
+        shown = {CONTEXT_PREFIX + k: without_credentials(context[CONTEXT_PREFIX + k]) for k in values}
         msg = f"the mlflow settings in custom_context are invalid ({e}); the settings were {shown!r}"
         raise ValueError(msg) from None

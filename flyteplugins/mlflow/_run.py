@@ -12,6 +12,7 @@ import attrs
 from flyte.extend import TaskTemplate
 from typing_extensions import ParamSpec
 
+from flyteplugins.mlflow import _signals
 from flyteplugins.mlflow._config import MlflowConfig, MlflowTrackingSettings
 from flyteplugins.mlflow._lifecycle import call_async, call_sync
 from flyteplugins.mlflow._link import DEFAULT_NAME, Mlflow
@@ -34,7 +35,7 @@ def _rank(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise ValueError(msg)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class MlflowRun(MlflowTrackingSettings):
     """An MLflow tracker: create it once, then decorate any number of tasks and functions with it.
 
@@ -65,6 +66,7 @@ class MlflowRun(MlflowTrackingSettings):
         Raises:
             TypeError: the target is neither a function task nor a callable.
         """
+        _signals.install()  # SIGTERM marks open runs KILLED; decorating usually runs on the main thread
         if isinstance(target, TaskTemplate):
             return self._decorate_task(target)
         if callable(target):

@@ -1,0 +1,190 @@
+"""The examples run end to end: against the session server through their ``main()``, and as scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.autologging_utils import autologging_is_disabled
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the editable install already puts it there; a plain install may not
+    sys.path.insert(0, str(REPO))
+
+from examples import hpo, quickstart, sklearn_autolog  # noqa: E402
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_ID = r"[0-9a-f]{32}"
+
+
+def _script_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FLYTE_MLFLOW_DEMO_"))}
+    env.update(extra)
+    return env
+
+
+def _run_script(name: str, *args: str, cwd: Path, **extra_env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), *args],
+        cwd=cwd,
+        env=_script_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def _children(client: MlflowClient, run: Run) -> list[Run]:
+    found: list[Run] = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'", max_results=1000
+    )
+    return found
+
+
+def test_quickstart_parent_shared_new_and_nested(
+    tracking_uri: str, client: MlflowClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The quickstart's shared child logs into the parent's run, its nested folds sit under it, and the
+    new child is a separate top-level run."""
+    runs = quickstart.main(tracking_uri, n_folds=3)
+
+    parent = client.get_run(runs.parent)
+    assert runs.shared == runs.parent
+    assert parent.info.status == "FINISHED"
+    assert client.get_experiment(parent.info.experiment_id).name == quickstart.EXPERIMENT
+    assert PARENT_TAG not in parent.data.tags
+    assert parent.data.tags["example"] == "quickstart"
+    assert parent.data.params == {"n_folds": "3", "n_rows": "1000", "link_host": tracking_uri}
+    assert parent.data.metrics == {"rows_loaded": 1000.0, "folds": 3.0}
+
+    assert len(set(runs.nested)) == 3
+    assert {r.info.run_id for r in _children(client, parent)} == set(runs.nested)
+    for fold, run_id in enumerate(runs.nested):
+        child = client.get_run(run_id)
+        assert child.info.status == "FINISHED"
+        assert child.info.experiment_id == parent.info.experiment_id
+        assert child.data.params == {"fold": str(fold), "learning_rate": str((fold + 1) / 10)}
+        assert len(client.get_metric_history(run_id, "loss")) == 5
+
+    new = client.get_run(runs.new)
+    assert runs.new not in (runs.parent, *runs.nested)
+    assert new.info.status == "FINISHED"
+    assert PARENT_TAG not in new.data.tags
+    assert new.data.tags["role"] == "baseline"
+    assert new.data.params == {"model": "predict-the-mean"}
+
+    out = capsys.readouterr().out
+    for run_id in (runs.parent, runs.new, *runs.nested):
+        assert run_id in out
+    assert f"{tracking_uri}/#/experiments/{parent.info.experiment_id}/runs/{runs.parent}" in out
+    assert "mlflow ui" not in out  # a server needs no UI command
+
+
+def test_hpo_trials_each_log_into_their_own_nested_run(tracking_uri: str, client: MlflowClient) -> None:
+    """Every parallel trial's params and score land in its own run under the study, and the study run
+    records the best trial."""
+    study = hpo.main(tracking_uri, n_trials=12, seed=3)
+
+    parent = client.get_run(study.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["example"] == "hpo"
+    assert "rmse" not in parent.data.metrics  # no trial logged into the study's run
+
+    trials = {t.run_id: t for t in study.trials}
+    assert len(trials) == 12
+    assert sorted(t.number for t in study.trials) == list(range(12))
+    assert {r.info.run_id for r in _children(client, parent)} == set(trials)
+    for run_id, t in trials.items():
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {
+            "trial": str(t.number),
+            "max_depth": str(t.max_depth),
+            "min_samples_leaf": str(t.min_samples_leaf),
+        }
+        history = client.get_metric_history(run_id, "rmse")
+        assert [m.value for m in history] == [pytest.approx(t.rmse)]
+
+    best = min(study.trials, key=lambda t: t.rmse)
+    assert study.best.run_id == best.run_id
+    assert parent.data.metrics == {"best_rmse": pytest.approx(best.rmse)}
+    assert parent.data.params["best_trial"] == str(best.number)
+    assert parent.data.params["best_max_depth"] == str(best.max_depth)
+    assert parent.data.params["best_min_samples_leaf"] == str(best.min_samples_leaf)
+    assert parent.data.params["n_trials"] == "12"
+    assert parent.data.tags["best_run_id"] == best.run_id
+
+
+def test_sklearn_autolog_records_params_and_metrics(tracking_uri: str, client: MlflowClient) -> None:
+    """Fitting in the autologged task records the estimator's params and metrics, and autologging is off
+    again afterwards."""
+    fitted = sklearn_autolog.main(tracking_uri, n_estimators=7, max_depth=3)
+
+    run = client.get_run(fitted.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == sklearn_autolog.EXPERIMENT
+    assert run.data.params["n_estimators"] == "7"
+    assert run.data.params["max_depth"] == "3"
+    assert run.data.params["random_state"] == "0"
+    assert run.data.tags["estimator_name"] == "RandomForestRegressor"
+    metrics = run.data.metrics
+    assert {"training_r2_score", "training_mean_squared_error", "training_score"} <= set(metrics)
+    assert 0.0 < metrics["training_r2_score"] <= 1.0
+    assert metrics["RandomForestRegressor_score_x_test"] == pytest.approx(fitted.test_r2)
+    assert autologging_is_disabled("sklearn")
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_quickstart_script_defaults_to_an_embedded_sqlite_store(tmp_path: Path) -> None:
+    """Run as a script with no URI, the quickstart tracks into an SQLite file and prints the ``mlflow ui``
+    command that shows it."""
+    repo_store = REPO / ".demo" / "mlflow.db"
+    before = repo_store.stat().st_mtime_ns if repo_store.exists() else None
+    demo_dir = tmp_path / "demo"
+
+    out = _run_script("quickstart.py", cwd=tmp_path, FLYTE_MLFLOW_DEMO_DIR=str(demo_dir))
+
+    uri = f"sqlite:///{demo_dir.resolve() / 'mlflow.db'}"
+    assert re.search(rf"\S*mlflow ui --backend-store-uri {re.escape(uri)}$", out, re.MULTILINE), out
+    ids: list[tuple[str, str]] = re.findall(
+        rf"^\s+(parent|shared|new|nested)\s.*?({RUN_ID})", out, re.MULTILINE
+    )
+    roles = [role for role, _ in ids]
+    assert roles.count("parent") == roles.count("shared") == roles.count("new") == 1
+    assert roles.count("nested") == 3
+
+    client = MlflowClient(uri)
+    by_role: dict[str, list[str]] = {}
+    for role, run_id in ids:
+        by_role.setdefault(role, []).append(run_id)
+    (parent_id,) = by_role["parent"]
+    assert by_role["shared"] == [parent_id]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert PARENT_TAG not in client.get_run(by_role["new"][0]).data.tags
+    assert len(set(by_role["nested"])) == 3
+    for run_id in by_role["nested"]:
+        assert client.get_run(run_id).data.tags[PARENT_TAG] == parent_id
+    assert (repo_store.stat().st_mtime_ns if repo_store.exists() else None) == before
+
+
+@pytest.mark.parametrize(("script", "expected_runs"), [("hpo.py", 17), ("sklearn_autolog.py", 1)])
+def test_example_script_takes_the_tracking_uri_as_argument(
+    script: str, expected_runs: int, tracking_uri: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    """``python examples/<script> URI`` tracks into the server at ``URI`` and prints finished runs."""
+    out = _run_script(script, tracking_uri, cwd=tmp_path)
+
+    assert tracking_uri in out
+    assert "mlflow ui" not in out
+    run_ids = set(re.findall(RUN_ID, out))
+    assert len(run_ids) == expected_runs
+    for run_id in run_ids:
+        assert client.get_run(run_id).info.status == "FINISHED"
