@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _mlflow_state, _runstack
+from flyteplugins.mlflow import _mlflow_state, _runstack, _signals
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
     MlflowConfig,
@@ -245,6 +245,7 @@ class Opened:
     owned: bool
     children: Mapping[str, str]
     monitor: Any = None
+    signal_token: int | None = None  # from _signals.register: SIGTERM marks an owned run KILLED
 
 
 _experiments: dict[tuple[str, str], str] = {}
@@ -325,8 +326,10 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
     }
     if known != dict(p.resolved_experiments):
         children[RESOLVED_EXPERIMENTS_KEY] = json.dumps(known, sort_keys=True)
-    monitor = _start_monitor(run.info.run_id) if p.log_system_metrics and p.action != "share" else None
-    return Opened(plan=p, run=run, owned=p.action != "share", children=children, monitor=monitor)
+    owned = p.action != "share"
+    monitor = _start_monitor(run.info.run_id) if p.log_system_metrics and owned else None
+    token = _signals.register(run.info.run_id, server) if owned else None
+    return Opened(plan=p, run=run, owned=owned, children=children, monitor=monitor, signal_token=token)
 
 
 def _start_monitor(run_id: str) -> Any:
@@ -373,17 +376,19 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
     Raises:
         MlflowTrackingError: the final status could not be set, even after the finalize retries.
     """
+    # Claimed by exactly one side: here, or by the SIGTERM handler that already marked it KILLED.
+    owned = opened.owned and (opened.signal_token is None or _signals.unregister(opened.signal_token))
     try:
         if opened.monitor is not None:
             with contextlib.suppress(Exception):
                 opened.monitor.finish()
-        if opened.owned or len(runs) > 1:
+        if owned or len(runs) > 1:
             server = server_for(opened.plan.tracking_uri, opened.plan.policy)
             policy = opened.plan.policy.for_finalize()
             leftovers = [r for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
             for run in reversed(leftovers):
                 server.set_status(run.info.run_id, status, _now_ms(), policy)
-            if opened.owned:
+            if owned:
                 server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
     finally:
         _mlflow_state.release(opened.plan.autolog)
@@ -395,6 +400,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
     import mlflow
 
+    _signals.install()  # no-op unless this is the main thread and it is not installed yet
     snap = snapshot()
     outer = _local_run()
     if not snap.in_task and outer is not None:

@@ -31,6 +31,7 @@ from flyteplugins.mlflow._errors import MlflowTrackingError
 from flyteplugins.mlflow._server import describe
 from mlflow.tracking import fluent
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
 
 __all__ = ["Autolog", "applied", "hold", "open_tasks", "release", "use_experiment"]
 
@@ -62,8 +63,14 @@ class Autolog:
             raise ValueError(msg)
         if on:
             autolog(**thaw(self.kwargs))
-        else:
-            autolog(disable=True)
+            return
+        autolog(disable=True)
+        integration = getattr(autolog, "integration_name", None)
+        if self.framework and integration:
+            # A framework's own autolog() marks its settings as chosen by the user, and from then on
+            # the generic mlflow.autolog() skips that framework. Switched off, the framework must look
+            # unconfigured again, or a later generic-autolog task would silently log nothing for it.
+            AUTOLOGGING_INTEGRATIONS.pop(integration, None)
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import requests
+import urllib3
 from google.protobuf.message import Message
 
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
@@ -174,11 +175,7 @@ class RestServer:
             except MlflowTrackingError:
                 raise
             except Exception as e:
-                cause = _requests_cause(e)
-                reached = not isinstance(cause, requests.exceptions.ConnectionError) or isinstance(
-                    cause, requests.exceptions.ReadTimeout
-                )
-                failure = type(cause or e).__name__
+                reached, failure = _what_failed(e)
                 retry = not reached or idempotent
             elapsed = time.monotonic() - started
             if not retry or attempt > policy.retries:
@@ -289,6 +286,31 @@ def _requests_cause(error: BaseException) -> BaseException | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _what_failed(error: BaseException) -> tuple[bool, str]:
+    """Whether a failed request may have reached the server, and a short name for the failure.
+
+    Only a connection that was never made (refused, connect timeout, unknown host) proves that the
+    server never saw the request. With retries off, requests reports a read timeout or a connection
+    dropped mid-request as a ``ConnectionError`` too, so look for urllib3's own reason in the chain.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False, "ConnectionError"
+        if isinstance(seen, urllib3.exceptions.ConnectTimeoutError):
+            return False, "ConnectTimeout"
+        if isinstance(seen, urllib3.exceptions.ReadTimeoutError):
+            return True, "ReadTimeout"
+        if isinstance(seen, urllib3.exceptions.ProtocolError):
+            return True, "ConnectionAborted"
+        reason = seen.reason if isinstance(seen, urllib3.exceptions.MaxRetryError) else None
+        seen = reason or seen.__cause__ or seen.__context__
+    cause = _requests_cause(error)
+    if isinstance(cause, requests.exceptions.ConnectTimeout):
+        return False, "ConnectTimeout"
+    return True, type(cause or error).__name__
 
 
 @attrs.frozen
