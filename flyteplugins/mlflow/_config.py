@@ -14,6 +14,7 @@ import enum
 import importlib.util
 import json
 import math
+import re
 import string
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -287,15 +288,12 @@ def _has_credentials(text: str) -> bool:
         return "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]
 
 
+_USERINFO: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
 def without_credentials(text: str) -> str:
-    """``text`` for an error message: a URI's user name and password are replaced by ``***``."""
-    if not _has_credentials(text):
-        return text
-    scheme, _, rest = text.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return "***"
-    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    """``text`` (a URI, or a message quoting URIs) with every user name and password replaced by ``***``."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def refuse_credentials(field: str, uri: str) -> None:
@@ -596,14 +594,17 @@ def decode(context: Mapping[str, str]) -> MlflowConfig | None:
                 raise ValueError(msg)
             values[f.name] = _decode_value(key, _KINDS.get(f.name, _Kind.TEXT), text)
         except (ValueError, TypeError) as e:
-            shown_text = without_credentials(text) if isinstance(text, str) else text
-            msg = f"custom_context[{key!r}] = {shown_text!r} is not a valid {f.name} setting: {e}"
+            msg = without_credentials(
+                f"custom_context[{key!r}] = {text!r} is not a valid {f.name} setting: {e}"
+            )
             raise ValueError(msg) from None
     if not found:
         return None
     try:
         return MlflowConfig(**values)  # type: ignore[arg-type]
     except (ValueError, TypeError) as e:
-        shown = {CONTEXT_PREFIX + k: without_credentials(context[CONTEXT_PREFIX + k]) for k in values}
-        msg = f"the mlflow settings in custom_context are invalid ({e}); the settings were {shown!r}"
+        shown = {CONTEXT_PREFIX + k: context[CONTEXT_PREFIX + k] for k in values}
+        msg = without_credentials(
+            f"the mlflow settings in custom_context are invalid ({e}); the settings were {shown!r}"
+        )
         raise ValueError(msg) from None

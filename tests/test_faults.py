@@ -1,0 +1,398 @@
+"""Tracking-server faults: unreachable, silent, gone mid-task, briefly down at the end.
+
+Every server here is real: a port with nothing listening, a loopback socket that accepts connections
+and never answers (or hangs up at once), a dedicated ``mlflow server`` that the tests stop while a
+task runs, and a loopback HTTP proxy in front of the session server that drops the first few
+``runs/update`` requests. Connections and requests are counted, never timed; the elapsed times are
+only printed, for the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import flyte
+import flyte.errors
+import pytest
+import requests
+from flyte.extend import TaskTemplate
+from mlflow.tracking import MlflowClient
+
+from flyteplugins.mlflow import (
+    MlflowTrackingError,
+    TrackingRequestError,
+    TrackingServerUnreachable,
+    get_mlflow_run,
+    mlflow_config,
+    mlflow_run,
+)
+from tests.conftest import MlflowServer, free_port
+
+env = flyte.TaskEnvironment(name="faults")
+
+BODY_MARKER = "body-ran"
+_started = threading.Event()
+_resume = threading.Event()
+_run_ids: list[str] = []
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+@mlflow_run
+@env.task
+async def marked() -> str:
+    Path(BODY_MARKER).touch()
+    return "done"
+
+
+@mlflow_run(on_tracking_error="warn")
+@env.task
+async def tolerant() -> bool:
+    Path(BODY_MARKER).touch()
+    return get_mlflow_run() is None
+
+
+@mlflow_run
+@env.task
+async def outlives_server() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    _run_ids.append(str(run.info.run_id))
+    _started.set()
+    await asyncio.to_thread(_resume.wait, 120)
+    return "trained"
+
+
+@mlflow_run
+@env.task
+async def quick() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    run_id: str = run.info.run_id
+    return run_id
+
+
+# --- loopback helpers --------------------------------------------------------------------------
+
+
+class Listener:
+    """A loopback TCP socket that accepts connections and either hangs up at once or never answers."""
+
+    def __init__(self, *, hang_up: bool) -> None:
+        self.hang_up = hang_up
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port: int = self._sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._held: list[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.hang_up:
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def close(self) -> None:
+        """Stop accepting and drop every held connection."""
+        self._closed = True
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+class FlakyProxy:
+    """A loopback HTTP proxy to ``upstream`` that hangs up on the first ``drop`` ``runs/update`` requests."""
+
+    def __init__(self, upstream: str, drop: int) -> None:
+        self.upstream = upstream
+        self.drop = drop
+        self.dropped = 0
+        self.forwarded: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                with proxy._lock:
+                    if path.endswith("/runs/update") and proxy.dropped < proxy.drop:
+                        proxy.dropped += 1
+                        self.close_connection = True
+                        return  # hang up without an answer, as a server going away would
+                reply = requests.request(
+                    self.command,
+                    proxy.upstream + self.path,
+                    data=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                    timeout=30,
+                )
+                with proxy._lock:
+                    proxy.forwarded.append((self.command, path, reply.status_code))
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = _relay
+            do_POST = _relay
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the proxy."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def dedicated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A tracking server of this module's own, which tests may stop."""
+    server = MlflowServer(tmp_path_factory.mktemp("dedicated-mlflow"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def running_server(dedicated_server: MlflowServer) -> MlflowServer:
+    """The dedicated server, started again if an earlier test stopped it."""
+    if dedicated_server.process is None or dedicated_server.process.poll() is not None:
+        dedicated_server.start()
+    return dedicated_server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_events() -> None:
+    _started.clear()
+    _resume.clear()
+    _run_ids.clear()
+
+
+def _stop_when_started(server: MlflowServer) -> threading.Thread:
+    """Stop ``server`` as soon as the task body signals that it runs, then let the body finish."""
+
+    def stop() -> None:
+        if _started.wait(120):
+            server.stop()
+        _resume.set()
+
+    thread = threading.Thread(target=stop, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run_local(task: TaskTemplate[Any, Any, Any], uri: str, **settings: Any) -> Any:
+    """Run ``task`` locally against ``uri``, and return its output."""
+    ctx = mlflow_config(tracking_uri=uri, experiment_id="0", **settings)
+    run = flyte.with_runcontext(mode="local", custom_context=cast("dict[str, str]", ctx)).run(task)
+    return run.outputs()[0]
+
+
+def _warnings_naming(caplog: pytest.LogCaptureFixture, where: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "flyteplugins.mlflow" and r.levelno == logging.WARNING and where in r.getMessage()
+    ]
+
+
+# --- unreachable and silent servers ------------------------------------------------------------
+
+
+def test_unreachable_server_fails_the_task_before_its_body() -> None:
+    """With nothing listening, the task fails with the plugin's error naming host:port, body never run."""
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(flyte.errors.RuntimeUserError) as caught:
+        _run_local(marked, f"http://127.0.0.1:{port}")
+    elapsed = time.monotonic() - started
+    print(f"\nunreachable server (connection refused): task failed after {elapsed:.2f}s")
+    assert caught.value.code == "TrackingServerUnreachable"
+    assert issubclass(TrackingServerUnreachable, MlflowTrackingError)
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "could not be reached to create a run" in message
+    assert "after 3 attempts" in message
+    assert not Path(BODY_MARKER).exists()
+
+
+def test_unreachable_error_is_an_mlflow_tracking_error() -> None:
+    """Outside Flyte the raised exception itself is a TrackingServerUnreachable, after 1 + 2 retries."""
+    port = free_port()
+    ran: list[bool] = []
+
+    @mlflow_run(tracking_uri=f"http://127.0.0.1:{port}", experiment_id="0")
+    def train() -> None:
+        ran.append(True)
+
+    with pytest.raises(TrackingServerUnreachable) as caught:
+        train()
+    assert isinstance(caught.value, MlflowTrackingError)
+    message = str(caught.value)
+    assert message.startswith(f"the MLflow tracking server at 127.0.0.1:{port} could not be reached")
+    assert "ConnectionError after 3 attempts" in message
+    assert ran == []
+
+
+def test_run_creation_is_not_repeated_once_it_may_have_landed() -> None:
+    """A server that hangs up mid-request gets one run creation (it may have landed) but 3 lookups."""
+    listener = Listener(hang_up=True)
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_id="0")
+    def by_id() -> None:
+        raise AssertionError("the body must not run")
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_name="never")
+    def by_name() -> None:
+        raise AssertionError("the body must not run")
+
+    try:
+        with pytest.raises(TrackingRequestError) as create:
+            by_id()
+        creates = listener.connections
+        with pytest.raises(TrackingRequestError) as lookup:
+            by_name()
+        lookups = listener.connections - creates
+    finally:
+        listener.close()
+    assert creates == 1
+    assert "did not create a run: ConnectionAborted after 1 attempt " in str(create.value)
+    assert lookups == 3
+    assert "did not find the experiment: ConnectionAborted after 3 attempts" in str(lookup.value)
+
+
+def test_request_timeout_and_retries_are_configurable() -> None:
+    """A silent server gets request_retries + 1 lookups, and a run creation that may have landed gets one."""
+    listener = Listener(hang_up=False)
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_name="never", request_timeout=0.3, request_retries=1)
+    def by_name() -> None:
+        raise AssertionError("the body must not run")
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_id="0", request_timeout=0.3, request_retries=4)
+    def by_id() -> None:
+        raise AssertionError("the body must not run")
+
+    try:
+        with pytest.raises(TrackingRequestError) as lookup:
+            by_name()
+        lookups = listener.connections
+        with pytest.raises(TrackingRequestError) as create:
+            by_id()
+        creates = listener.connections - lookups
+    finally:
+        listener.close()
+    assert lookups == 2
+    assert "find the experiment: ReadTimeout after 2 attempts" in str(lookup.value)
+    assert "request_timeout=0.3s, request_retries=1" in str(lookup.value)
+    assert creates == 1
+    assert "create a run: ReadTimeout after 1 attempt " in str(create.value)
+
+
+def test_silent_server_worst_case_under_default_policy() -> None:
+    """A server that never answers costs at most 3 lookups of 4 s each under the default policy."""
+    listener = Listener(hang_up=False)
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_name="never")
+    def train() -> None:
+        raise AssertionError("the body must not run")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(TrackingRequestError) as caught:
+            train()
+    finally:
+        listener.close()
+    print(f"\nsilent server, default policy: error after {time.monotonic() - started:.2f}s")
+    assert listener.connections == 3
+    assert "request_timeout=4s, request_retries=2" in str(caught.value)
+    assert f"127.0.0.1:{listener.port}" in str(caught.value)
+
+
+def test_warn_runs_the_body_untracked(caplog: pytest.LogCaptureFixture) -> None:
+    """Under on_tracking_error="warn" the body runs without a run and a root-logger warning names the URI."""
+    caplog.set_level(logging.WARNING)
+    port = free_port()
+    result = _run_local(tolerant, f"http://127.0.0.1:{port}")
+    assert result is True
+    assert Path(BODY_MARKER).exists()
+    warnings = _warnings_naming(caplog, f"127.0.0.1:{port}")
+    assert len(warnings) == 1
+    assert "tracking is off" in warnings[0]
+
+
+# --- a server that goes away -------------------------------------------------------------------
+
+
+def test_server_gone_mid_task_raise_fails_the_task(running_server: MlflowServer) -> None:
+    """Under "raise", a run that cannot be finalized fails the task, naming the URI; the run is not lost."""
+    stopper = _stop_when_started(running_server)
+    with pytest.raises(flyte.errors.RuntimeUserError) as caught:
+        _run_local(outlives_server, running_server.uri)
+    stopper.join(30)
+    assert caught.value.code == "TrackingServerUnreachable"
+    assert f"127.0.0.1:{running_server.port}" in str(caught.value)
+    assert "mark the run FINISHED" in str(caught.value)
+    assert "after 6 attempts" in str(caught.value)
+    running_server.start()
+    run = MlflowClient(running_server.uri).get_run(_run_ids[0])
+    assert run.info.status == "RUNNING"
+
+
+def test_server_gone_mid_task_warn_still_returns_the_result(
+    running_server: MlflowServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the server stops while the body runs, "warn" returns the result and names the URI."""
+    caplog.set_level(logging.WARNING)
+    stopper = _stop_when_started(running_server)
+    result = _run_local(outlives_server, running_server.uri, on_tracking_error="warn")
+    stopper.join(30)
+    assert result == "trained"
+    warnings = _warnings_naming(caplog, f"127.0.0.1:{running_server.port}")
+    assert len(warnings) == 1
+    assert f"MLflow run {_run_ids[0]} could not be marked FINISHED" in warnings[0]
+
+
+def test_finalize_survives_a_brief_outage(tracking_uri: str, client: MlflowClient) -> None:
+    """A server that hangs up on the first three status updates still gets the run FINISHED."""
+    proxy = FlakyProxy(tracking_uri, drop=3)
+    try:
+        run_id = _run_local(quick, proxy.uri)
+    finally:
+        proxy.close()
+    assert isinstance(run_id, str)
+    assert proxy.dropped == 3
+    updates = [status for _, path, status in proxy.forwarded if path.endswith("/runs/update")]
+    assert updates == [200]
+    assert client.get_run(run_id).info.status == "FINISHED"

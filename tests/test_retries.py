@@ -1,0 +1,132 @@
+"""Retried Flyte tasks: one MLflow run per attempt, tagged ``flyte.attempt``, and none left ``RUNNING``.
+
+Flyte's local mode retries a failed task (``retries=2`` gives up to three attempts) but reports
+attempt number 0 every time, so the tag's presence is checked, not its value. Attempts are counted
+in files in the test's own working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import flyte
+import flyte.errors
+import mlflow
+import pytest
+from flyte.extend import TaskTemplate
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+
+env = flyte.TaskEnvironment(name="attempts")
+
+ATTEMPT_TAG = "flyte.attempt"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _attempt(counter: str) -> int:
+    """Count one more attempt in the file ``counter``; returns this attempt's number, from 1."""
+    path = Path(counter)
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    return n
+
+
+def _own_run_id() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    run_id: str = run.info.run_id
+    return run_id
+
+
+@mlflow_run
+@env.task(retries=2)
+async def flaky(counter: str, failures: int) -> str:
+    n = _attempt(counter)
+    mlflow.log_param("attempt", n)
+    if n <= failures:
+        raise ValueError(f"attempt {n} fails on purpose")
+    return _own_run_id()
+
+
+@mlflow_run(run_mode="nested")
+@env.task(retries=2)
+async def nested_flaky(counter: str, failures: int) -> str:
+    n = _attempt(counter)
+    mlflow.log_param("attempt", n)
+    if n <= failures:
+        raise ValueError(f"attempt {n} fails on purpose")
+    return _own_run_id()
+
+
+@mlflow_run(run_mode="nested")
+@env.task(retries=2)
+def nested_sync_flaky(counter: str, failures: int) -> str:
+    n = _attempt(counter)
+    mlflow.log_param("attempt", n)
+    if n <= failures:
+        raise ValueError(f"attempt {n} fails on purpose")
+    return _own_run_id()
+
+
+@mlflow_run
+@env.task
+async def study(failures: int) -> list[str]:
+    first = await nested_flaky("async-child", failures)
+    second = await nested_sync_flaky.aio("sync-child", failures)
+    return [_own_run_id(), first, second]
+
+
+def _run(task: TaskTemplate[Any, Any, Any], experiment_id: str, tracking_uri: str, **inputs: Any) -> Any:
+    ctx = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment_id)
+    run = flyte.with_runcontext(mode="local", custom_context=cast("dict[str, str]", ctx)).run(task, **inputs)
+    return run.outputs()[0]
+
+
+def _by_attempt(runs: list[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: int(r.data.params["attempt"]))
+
+
+def test_each_attempt_gets_its_own_run(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Two failed attempts end FAILED and the third, its own run, ends FINISHED; all are tagged."""
+    last = _run(flaky, experiment[1], tracking_uri, counter="flaky", failures=2)
+    runs = _by_attempt(client.search_runs([experiment[1]]))
+    assert [r.data.params["attempt"] for r in runs] == ["1", "2", "3"]
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED", "FINISHED"]
+    assert runs[-1].info.run_id == last
+    assert len({r.info.run_id for r in runs}) == 3
+    assert all(r.data.tags[ATTEMPT_TAG] == "0" for r in runs)  # local mode reports attempt 0
+
+
+def test_exhausted_retries_leave_every_run_failed(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """When all three attempts fail, the task fails and all three runs end FAILED, none RUNNING."""
+    with pytest.raises(flyte.errors.RuntimeUserError, match="attempt 3 fails on purpose"):
+        _run(flaky, experiment[1], tracking_uri, counter="doomed", failures=5)
+    runs = _by_attempt(client.search_runs([experiment[1]]))
+    assert [r.data.params["attempt"] for r in runs] == ["1", "2", "3"]
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED", "FAILED"]
+    assert all(ATTEMPT_TAG in r.data.tags for r in runs)
+
+
+def test_nested_attempts_stay_under_the_same_parent(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Retried nested children (async and sync) all hang under the parent's run, which FINISHES."""
+    parent_id, async_id, sync_id = _run(study, experiment[1], tracking_uri, failures=1)
+    runs = client.search_runs([experiment[1]])
+    assert len(runs) == 5
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert PARENT_TAG not in parent.data.tags
+    children = [r for r in runs if r.info.run_id != parent_id]
+    assert all(r.data.tags[PARENT_TAG] == parent_id for r in children)
+    assert all(ATTEMPT_TAG in r.data.tags for r in runs)
+    statuses = sorted((r.info.run_id in (async_id, sync_id), r.info.status) for r in children)
+    assert statuses == [(False, "FAILED"), (False, "FAILED"), (True, "FINISHED"), (True, "FINISHED")]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
