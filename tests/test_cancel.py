@@ -239,8 +239,31 @@ def blocks_sync() -> str:
     return "never"
 
 
+@mlflow_run(run_mode="nested")
+@env.task
+def slow_sync_child() -> str:
+    _announce()
+    time.sleep(600)
+    return "never"
+
+
+@mlflow_run
+@env.task
+async def abandons_its_child() -> str:
+    child = asyncio.ensure_future(slow_sync_child.aio())
+    while not Path("run-id").exists():
+        await asyncio.sleep(0.05)
+    child.cancel()
+    try:
+        await child
+    except asyncio.CancelledError:
+        pass
+    return "abandoned"
+
+
 if __name__ == "__main__":
-    task = blocks_async if sys.argv[1] == "async" else blocks_sync
+    tasks = {{"async": blocks_async, "sync": blocks_sync, "abandon": abandons_its_child}}
+    task = tasks[sys.argv[1]]
     flyte.init()
     flyte.with_runcontext(mode="local", custom_context=json.loads(sys.argv[2])).run(task)
 """
@@ -335,3 +358,20 @@ def test_sigterm_never_ends_a_shared_run(
     assert _terminate(proc) == -signal.SIGTERM
     assert client.get_run(shared.info.run_id).info.status == "RUNNING"
     client.set_terminated(shared.info.run_id)
+
+
+def test_a_run_left_open_at_exit_ends_killed(
+    tmp_path: Path, tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A sync child whose caller was cancelled keeps running in its thread; when the process exits first,
+    its run still ends KILLED rather than RUNNING."""
+    ctx = dict(mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1]))
+    proc = _start(tmp_path, "abandon", ctx)
+    try:
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    child = client.get_run((tmp_path / "run-id").read_text())
+    assert child.info.status == "KILLED"
+    assert child.data.tags["mlflow.parentRunId"]

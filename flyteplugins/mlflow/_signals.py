@@ -23,6 +23,10 @@ process ignores SIGTERM, nothing is installed. When the signal arrives, the hand
 3. lets the process end the way it would have without the plugin: it calls the handler that was
    installed before, or, if that was the default, restores the default and raises the signal again.
 
+The same marking runs at interpreter exit (``atexit``) for runs still open then: for example a sync
+task whose caller was cancelled keeps running in its worker thread (threads cannot be cancelled),
+and the process may exit before that thread finishes its run.
+
 Python runs signal handlers in the main thread between bytecodes, so a main thread busy in one long
 C call handles the signal when that call returns. A forked child starts with an empty registry: it
 never ends the runs of its parent.
@@ -30,6 +34,7 @@ never ends the runs of its parent.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -135,7 +140,7 @@ def _mark_killed(owned: _Owned) -> None:
         logger.warning("SIGTERM: MLflow run %s could not be marked KILLED: %s", owned.run_id, e)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _kill_open_runs() -> None:
     runs = _take_all()
     if runs:
         workers = [
@@ -147,6 +152,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
             worker.start()
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _kill_open_runs()
     _chain(signum, frame)
 
 
@@ -167,3 +176,4 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(_kill_open_runs)
