@@ -8,7 +8,6 @@ sends SIGTERM, and checks how the process ended and what the server holds.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import signal
 import subprocess
@@ -21,12 +20,12 @@ from typing import cast
 
 import flyte
 import pytest
-import requests
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from tests.support import Relay
 
 env = flyte.TaskEnvironment(name="cancellation")
 
@@ -102,53 +101,19 @@ def test_cancelled_coroutine_ends_killed(
     assert run.info.end_time is not None
 
 
-class SlowCreateProxy:
-    """A loopback HTTP proxy that holds each ``runs/create`` request for a while before passing it on."""
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        self.create_arrived = threading.Event()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _relay(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.split("?", 1)[0].endswith("/runs/create"):
-                    proxy.create_arrived.set()
-                    time.sleep(delay)
-                reply = requests.request(
-                    self.command,
-                    upstream + self.path,
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=30,
-                )
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = _relay
-            do_POST = _relay
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop the proxy."""
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def test_cancelled_while_the_run_is_created_ends_killed(
     tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
     """A coroutine cancelled while its run is being created waits for the run, then ends it KILLED."""
-    proxy = SlowCreateProxy(tracking_uri, delay=1.0)
+    create_arrived = threading.Event()
+
+    def hold_creates(method: str, path: str) -> bool:
+        if path.endswith("/runs/create"):
+            create_arrived.set()
+            time.sleep(1.0)
+        return True
+
+    proxy = Relay(tracking_uri, before=hold_creates)
     ran: list[bool] = []
 
     @mlflow_run(tracking_uri=proxy.uri, experiment_id=experiment[1])
@@ -157,7 +122,7 @@ def test_cancelled_while_the_run_is_created_ends_killed(
 
     async def main() -> None:
         task = asyncio.ensure_future(work())
-        assert await asyncio.to_thread(proxy.create_arrived.wait, 30)
+        assert await asyncio.to_thread(create_arrived.wait, 30)
         task.cancel()
         await task
 

@@ -10,7 +10,6 @@ only printed, for the record.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import logging
 import socket
 import threading
@@ -22,7 +21,6 @@ from typing import Any, cast
 import flyte
 import flyte.errors
 import pytest
-import requests
 from flyte.extend import TaskTemplate
 from mlflow.tracking import MlflowClient
 
@@ -34,7 +32,7 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from tests.conftest import MlflowServer, free_port
+from tests.support import MlflowServer, Relay, free_port
 
 env = flyte.TaskEnvironment(name="faults")
 
@@ -118,59 +116,6 @@ class Listener:
         self._sock.close()
         for conn in self._held:
             conn.close()
-
-
-class FlakyProxy:
-    """A loopback HTTP proxy to ``upstream`` that hangs up on the first ``drop`` ``runs/update`` requests."""
-
-    def __init__(self, upstream: str, drop: int) -> None:
-        self.upstream = upstream
-        self.drop = drop
-        self.dropped = 0
-        self.forwarded: list[tuple[str, str, int]] = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                path = self.path.split("?", 1)[0]
-                with proxy._lock:
-                    if path.endswith("/runs/update") and proxy.dropped < proxy.drop:
-                        proxy.dropped += 1
-                        self.close_connection = True
-                        return  # hang up without an answer, as a server going away would
-                reply = requests.request(
-                    self.command,
-                    proxy.upstream + self.path,
-                    data=body,
-                    headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
-                    timeout=30,
-                )
-                with proxy._lock:
-                    proxy.forwarded.append((self.command, path, reply.status_code))
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = _relay
-            do_POST = _relay
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop the proxy."""
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -386,13 +331,21 @@ def test_server_gone_mid_task_warn_still_returns_the_result(
 
 def test_finalize_survives_a_brief_outage(tracking_uri: str, client: MlflowClient) -> None:
     """A server that hangs up on the first three status updates still gets the run FINISHED."""
-    proxy = FlakyProxy(tracking_uri, drop=3)
+    dropped: list[str] = []
+
+    def drop_first_updates(method: str, path: str) -> bool:
+        if path.endswith("/runs/update") and len(dropped) < 3:
+            dropped.append(path)
+            return False
+        return True
+
+    proxy = Relay(tracking_uri, before=drop_first_updates)
     try:
         run_id = _run_local(quick, proxy.uri)
     finally:
         proxy.close()
     assert isinstance(run_id, str)
-    assert proxy.dropped == 3
+    assert len(dropped) == 3
     updates = [status for _, path, status in proxy.forwarded if path.endswith("/runs/update")]
     assert updates == [200]
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -9,23 +9,20 @@ past its connection pool, an ``mlflow server`` answers 400, and those failures a
 from __future__ import annotations
 
 import asyncio
-import http.server
 import re
-import threading
 from collections.abc import Iterator
 from typing import Any, cast
 
 import flyte
 import mlflow
 import pytest
-import requests
 from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._server import MAX_CONCURRENT_REQUESTS
-from tests.conftest import MlflowServer
+from tests.support import MlflowServer, Relay
 
 env = flyte.TaskEnvironment(name="load")
 
@@ -85,64 +82,10 @@ async def mixed_study(n_new: int, n_sync: int) -> list[str]:
     return [_own_run_id(), *(await new_ids), *(await sync_ids)]
 
 
-class CountingProxy:
-    """A loopback HTTP proxy that records the most requests in flight at once, plugin's and others'."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.peak = {"plugin": 0, "other": 0}
-        self._now = {"plugin": 0, "other": 0}
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                path = self.path.split("?", 1)[0]
-                kind = "plugin" if path.endswith(PLUGIN_PATHS) else "other"
-                with proxy._lock:
-                    proxy._now[kind] += 1
-                    proxy.peak[kind] = max(proxy.peak[kind], proxy._now[kind])
-                try:
-                    reply = requests.request(
-                        self.command,
-                        proxy.upstream + self.path,
-                        data=body,
-                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
-                        timeout=60,
-                    )
-                finally:
-                    # Counted out before the client can see the answer, so the count never overstates.
-                    with proxy._lock:
-                        proxy._now[kind] -= 1
-                self.send_response(reply.status_code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
-
-            do_GET = _relay
-            do_POST = _relay
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.request_queue_size = 512
-        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop the proxy."""
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def proxy(tracking_uri: str) -> Iterator[CountingProxy]:
-    """A counting proxy in front of the session server."""
-    counting = CountingProxy(tracking_uri)
+def proxy(tracking_uri: str) -> Iterator[Relay]:
+    """A relay in front of the session server that counts the plugin's requests in flight apart."""
+    counting = Relay(tracking_uri, classify=lambda path: "plugin" if path.endswith(PLUGIN_PATHS) else "other")
     try:
         yield counting
     finally:
@@ -174,7 +117,7 @@ def _check_trial(run: Run, i: int, parent_id: str | None) -> None:
 
 def test_two_hundred_parallel_nested_trials(
     mlflow_server: MlflowServer,
-    proxy: CountingProxy,
+    proxy: Relay,
     client: MlflowClient,
     experiment: tuple[str, str],
 ) -> None:
@@ -205,7 +148,7 @@ def test_two_hundred_parallel_nested_trials(
 
 def test_parallel_new_and_sync_trials(
     mlflow_server: MlflowServer,
-    proxy: CountingProxy,
+    proxy: Relay,
     client: MlflowClient,
     experiment: tuple[str, str],
 ) -> None:

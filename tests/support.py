@@ -1,0 +1,167 @@
+"""Test support: a real ``mlflow server`` subprocess, and a loopback relay to put in front of one.
+
+Both are real network peers; nothing here imitates MLflow.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+_REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class MlflowServer:
+    """A running ``mlflow server`` subprocess and its access log."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.log_path = root / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers ``/health``."""
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64",
+            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "128",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                mlflow_bin, "server",
+                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--default-artifact-root", str(self.root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(self.uri + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def mark(self) -> int:
+        """A position in the access log; pass it to :meth:`requests`."""
+        time.sleep(0.2)  # let the server write the lines of requests already answered
+        return self.log_path.stat().st_size
+
+    def requests(self, since: int) -> list[tuple[str, str]]:
+        """The ``(method, path)`` of every tracking API request answered since ``since``."""
+        time.sleep(0.3)
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        return [(m.group(1), m.group(2)) for m in _REQUEST.finditer(text)]
+
+
+class Relay:
+    """A loopback HTTP proxy in front of ``upstream`` that records and can disturb what passes.
+
+    Args:
+        upstream: the server to forward to.
+        before: called with ``(method, path)`` before a request is forwarded; it may sleep to delay
+            the request, and returns ``False`` to hang up without an answer instead.
+        classify: names the kind of a request path, for :attr:`peak` (most in flight at once per kind).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        before: Callable[[str, str], bool] | None = None,
+        classify: Callable[[str], str] = lambda path: "all",
+    ) -> None:
+        self.upstream = upstream
+        self.forwarded: list[tuple[str, str, int]] = []
+        self.peak: dict[str, int] = {}
+        self._now: dict[str, int] = {}
+        self._lock = threading.Lock()
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                if before is not None and not before(self.command, path):
+                    self.close_connection = True
+                    return  # hang up without an answer, as a server going away would
+                kind = classify(path)
+                with relay._lock:
+                    relay._now[kind] = relay._now.get(kind, 0) + 1
+                    relay.peak[kind] = max(relay.peak.get(kind, 0), relay._now[kind])
+                try:
+                    reply = requests.request(
+                        self.command,
+                        relay.upstream + self.path,
+                        data=body,
+                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                        timeout=60,
+                    )
+                finally:
+                    # Counted out before the client can see the answer, so the count never overstates.
+                    with relay._lock:
+                        relay._now[kind] -= 1
+                with relay._lock:
+                    relay.forwarded.append((self.command, path, reply.status_code))
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = _relay
+            do_POST = _relay
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.request_queue_size = 512
+        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the relay."""
+        self._server.shutdown()
+        self._server.server_close()
