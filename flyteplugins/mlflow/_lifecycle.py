@@ -11,7 +11,8 @@ The work is split so that the decision is a pure function and the network calls 
 3. :func:`bound` makes the run the active run of the calling context only (see
    :mod:`flyteplugins.mlflow._runstack`) and tells the tasks called inside it about the run.
 4. :func:`end` sets the run's final status, ``FINISHED``, ``FAILED`` or ``KILLED``, in one request,
-   retried harder than other calls. A shared run is never ended.
+   retried harder than other calls. A shared run is never ended. Whatever MLflow's asynchronous
+   logging still holds (``async_logging=True``) is sent first, so the status comes last.
 
 :func:`call_sync` and :func:`call_async` put the steps together. In async tasks the blocking steps
 run on a small thread pool of the plugin's own, so sibling trials keep running while one waits on
@@ -116,6 +117,7 @@ class Plan:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     autolog: _mlflow_state.Autolog | None = None
     log_system_metrics: bool = False
+    async_logging: bool = False
     resolved_experiments: Mapping[str, str] = attrs.field(factory=dict)
     passed_down: Mapping[str, str] = attrs.field(factory=dict)
 
@@ -228,6 +230,7 @@ def plan(own: MlflowTrackingSettings, rank: int | None, snap: TaskSnapshot, defa
         log_system_metrics=bool(
             own.run_kwargs.get("log_system_metrics", ctx.run_kwargs.get("log_system_metrics"))
         ),
+        async_logging=own.async_logging or ctx.async_logging,
         resolved_experiments=snap.inherited.experiment_ids,
         passed_down=passed_down,
     )
@@ -286,7 +289,7 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
             for another tracking URI.
     """
     server = server_for(p.tracking_uri, p.policy)
-    _mlflow_state.hold(p.tracking_uri, p.autolog)
+    _mlflow_state.hold(p.tracking_uri, p.autolog, p.async_logging)
     try:
         known = dict(p.resolved_experiments)
         if p.action == "share":
@@ -317,7 +320,7 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
             run = ActiveRun(server.create_run(experiment_id, p.run_name, tags, _now_ms()))
         _mlflow_state.use_experiment(run.info.experiment_id)
     except BaseException:
-        _mlflow_state.release(p.autolog)
+        _mlflow_state.release(p.autolog, p.async_logging)
         raise
     children = {
         PARENT_RUN_KEY: run.info.run_id,
@@ -382,6 +385,11 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
         if opened.monitor is not None:
             with contextlib.suppress(Exception):
                 opened.monitor.finish()
+        if opened.plan.async_logging or _mlflow_state.async_logging_on():
+            try:  # what the task queued lands before the status is set
+                _mlflow_state.drain_async_logging(opened.plan.tracking_uri)
+            except Exception as e:
+                logger.warning("MLflow's queued (async) logging could not be drained: %s", e)
         if owned or len(runs) > 1:
             server = server_for(opened.plan.tracking_uri, opened.plan.policy)
             policy = opened.plan.policy.for_finalize()
@@ -391,7 +399,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
             if owned:
                 server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
     finally:
-        _mlflow_state.release(opened.plan.autolog)
+        _mlflow_state.release(opened.plan.autolog, opened.plan.async_logging)
 
 
 # --- putting it together -----------------------------------------------------------------------

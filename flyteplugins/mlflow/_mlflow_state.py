@@ -12,6 +12,12 @@ Concurrent tracked tasks in one process share these settings, so they must agree
 URI: a task that asks for another URI while others are running is refused with a clear error.
 The active experiment is the one of the most recent task to start; it only matters for runs that
 user code starts itself without naming an experiment.
+
+Asynchronous logging (``async_logging=True``) is process-wide too: MLflow reads the
+``MLFLOW_ENABLE_ASYNC_LOGGING`` environment variable on every fluent ``log_*`` call. The first task
+that asks for it switches it on, the last one restores the variable as it found it. Tasks running
+alongside in the same process queue their calls too meanwhile, so whenever it is on, every tracked
+call drains the queue (:func:`drain_async_logging`) before it sets a run's final status.
 """
 
 from __future__ import annotations
@@ -29,13 +35,29 @@ import mlflow
 from flyteplugins.mlflow._config import thaw
 from flyteplugins.mlflow._errors import MlflowTrackingError
 from flyteplugins.mlflow._server import describe
+from mlflow.config import enable_async_logging
+from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
 from mlflow.tracking import fluent
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
 
-__all__ = ["Autolog", "applied", "hold", "open_tasks", "release", "use_experiment"]
+__all__ = [
+    "Autolog",
+    "applied",
+    "async_logging_on",
+    "drain_async_logging",
+    "hold",
+    "open_tasks",
+    "release",
+    "use_experiment",
+]
 
 _URI_ENV: Final = "MLFLOW_TRACKING_URI"
+_ASYNC_ENV: Final = "MLFLOW_ENABLE_ASYNC_LOGGING"
+# MLflow's logging thread waits this long to merge queued calls into one request. Unset, it polls the
+# queue with a 1 s timeout that every drain has to sit out, and sends each call as its own request.
+_BUFFER_ENV: Final = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
+_BUFFER_SECONDS: Final = "1"
 
 
 @attrs.frozen
@@ -85,11 +107,13 @@ _open = 0
 _saved: _Saved | None = None
 _uri: str | None = None  # the tracking URI the open tasks share
 _autolog_users: dict[str, int] = {}
+_async_users = 0
+_async_saved: tuple[str | None, str | None] = (None, None)  # the two variables before the first user
 
 
-def hold(uri: str, autolog: Autolog | None) -> None:
+def hold(uri: str, autolog: Autolog | None, async_logging: bool = False) -> None:
     """Take the global state for one tracked task (see :func:`applied`)."""
-    global _open, _saved, _uri
+    global _open, _saved, _uri, _async_users, _async_saved
     with _lock:
         if _open and uri != _uri:
             msg = (
@@ -102,6 +126,12 @@ def hold(uri: str, autolog: Autolog | None) -> None:
             autolog.switch(True)
         if autolog is not None:
             _autolog_users[autolog.key] = _autolog_users.get(autolog.key, 0) + 1
+        if async_logging:
+            if not _async_users:
+                _async_saved = (os.environ.get(_ASYNC_ENV), os.environ.get(_BUFFER_ENV))
+                enable_async_logging(True)
+                os.environ.setdefault(_BUFFER_ENV, _BUFFER_SECONDS)
+            _async_users += 1
         if not _open:
             _saved = _Saved(
                 tracking_utils._tracking_uri, os.environ.get(_URI_ENV), fluent._active_experiment_id
@@ -119,9 +149,9 @@ def use_experiment(experiment_id: str) -> None:
             fluent._active_experiment_id = experiment_id  # type: ignore[assignment]
 
 
-def release(autolog: Autolog | None) -> None:
+def release(autolog: Autolog | None, async_logging: bool = False) -> None:
     """Give back what :func:`hold` took; the last task out restores what was there before."""
-    global _open, _saved, _uri
+    global _open, _saved, _uri, _async_users
     with _lock:
         _open -= 1
         if autolog is not None:
@@ -129,6 +159,14 @@ def release(autolog: Autolog | None) -> None:
             if not _autolog_users[autolog.key]:
                 del _autolog_users[autolog.key]
                 autolog.switch(False)
+        if async_logging:
+            _async_users -= 1
+            if not _async_users:
+                for name, value in zip((_ASYNC_ENV, _BUFFER_ENV), _async_saved, strict=True):
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
         if _open or _saved is None:
             return
         saved, _saved, _uri = _saved, None, None
@@ -142,17 +180,56 @@ def release(autolog: Autolog | None) -> None:
 
 
 @contextlib.contextmanager
-def applied(uri: str, autolog: Autolog | None) -> Iterator[None]:
-    """Hold MLflow's global state for one tracked task: the tracking URI and autologging.
+def applied(uri: str, autolog: Autolog | None, async_logging: bool = False) -> Iterator[None]:
+    """Hold MLflow's global state for one tracked task: the tracking URI, autologging, async logging.
 
     Raises:
         MlflowTrackingError: another tracked task in this process uses a different tracking URI.
     """
-    hold(uri, autolog)
+    hold(uri, autolog, async_logging)
     try:
         yield
     finally:
-        release(autolog)
+        release(autolog, async_logging)
+
+
+def async_logging_on() -> bool:
+    """Whether MLflow's fluent ``log_*`` calls queue by default in this process right now."""
+    return bool(MLFLOW_ENABLE_ASYNC_LOGGING.get())
+
+
+def drain_async_logging(uri: str) -> None:
+    """Send everything MLflow's asynchronous logging has queued for ``uri``, and wait until it is stored.
+
+    MLflow keeps one queue per tracking store and process, with a thread that hands queued calls to a
+    pool of senders. Its own ``flush_async_logging`` is not safe while other tasks keep logging: a
+    call queued just as the thread stops is left behind, and the flush then waits for it forever.
+    So the drain is done here with the queue's own steps:
+
+    1. under the queue's lock (a task that would restart the queue meanwhile waits a moment instead
+       of racing), stop the thread, which first hands every queued call to the current senders, and
+       start the queue again with new ones, which also pick up anything queued during the switch;
+    2. outside the lock, so other tasks keep queueing, wait for the old senders: every call queued
+       before the drain began is then stored.
+
+    Returns at once when the queue is not running. Falls back to MLflow's ``flush_async_logging``
+    if the queue no longer has the parts this relies on.
+    """
+    store = tracking_utils._get_store(uri)
+    queue = getattr(store, "_async_logging_queue", None)
+    if queue is None or not queue.is_active():
+        return
+    lock = getattr(queue, "_lock", None)
+    if lock is None or not hasattr(queue, "_batch_logging_worker_threadpool"):
+        store.flush_async_logging()
+        return
+    with lock:
+        if not queue.is_active():
+            return
+        queue.end_async_logging()
+        senders = queue._batch_logging_worker_threadpool
+        queue.activate()
+    senders.shutdown(wait=True)
 
 
 def open_tasks() -> int:

@@ -1,0 +1,314 @@
+"""The plugin's own round-trips to the tracking server, counted in the real server's access log.
+
+Tasks here log nothing (or a known number of metrics), so the requests the server answers while a
+workflow runs are the plugin's. A regression that adds a lookup or a search to the task path fails
+these tests. Also here: ``async_logging=True`` queues the task's logging and loses none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import flyte
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from tests.conftest import MlflowServer
+
+env = flyte.TaskEnvironment(name="request-counts")
+
+CREATE = ("POST", "/api/2.0/mlflow/runs/create")
+UPDATE = ("POST", "/api/2.0/mlflow/runs/update")
+BY_NAME = ("GET", "/api/2.0/mlflow/experiments/get-by-name")
+LOG_BATCH = ("POST", "/api/2.0/mlflow/runs/log-batch")
+LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
+GET_RUN = ("GET", "/api/2.0/mlflow/runs/get")
+
+
+@mlflow_run
+@env.task
+async def top() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+@mlflow_run(rank=1)
+@env.task
+async def rank_one() -> bool:
+    return get_mlflow_run() is None
+
+
+@mlflow_run
+@env.task
+async def auto_child() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def nested_child() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+@mlflow_run(run_mode="new")
+@env.task
+async def new_child() -> str:
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+@mlflow_run
+@env.task
+async def parent(kind: str, n: int) -> list[str]:
+    child = {"auto": auto_child, "nested": nested_child, "new": new_child}[kind]
+    ids = [await child() for _ in range(n)]
+    run = get_mlflow_run()
+    assert run is not None
+    return [str(run.info.run_id), *ids]
+
+
+@mlflow_run
+@env.task
+async def log_metrics(n: int) -> str:
+    for i in range(n):
+        mlflow.log_metric("loss", float(i), step=i)
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+class PlannedFailure(Exception):
+    """Raised on purpose by a task after it has logged."""
+
+
+@mlflow_run
+@env.task
+async def log_metrics_then_fail(n: int, marker: str) -> None:
+    mlflow.set_tag("marker", marker)
+    for i in range(n):
+        mlflow.log_metric("loss", float(i), step=i)
+    raise PlannedFailure(marker)
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def logging_trial(i: int, n: int) -> str:
+    for step in range(n):
+        mlflow.log_metric("score", float(i * 1000 + step), step=step)
+        await asyncio.sleep(0.001 * (i % 4))  # trials finish at different times, others still logging
+    run = get_mlflow_run()
+    assert run is not None
+    return str(run.info.run_id)
+
+
+@mlflow_run
+@env.task
+async def logging_study(trials: int, n: int) -> list[str]:
+    return list(await asyncio.gather(*(logging_trial(i, n) for i in range(trials))))
+
+
+def run_local(config: MlflowConfig | dict[str, str], task: Any, **inputs: object) -> object:
+    """Run ``task`` in Flyte's local mode with ``config`` as its context; return its first output."""
+    return flyte.with_runcontext(mode="local", custom_context=config).run(task, **inputs).outputs()[0]
+
+
+def counted(
+    server: MlflowServer, config: MlflowConfig | dict[str, str], task: Any, **inputs: object
+) -> tuple[object, list[tuple[str, str]]]:
+    """Run ``task`` locally; return its output and the tracking requests the server answered meanwhile."""
+    mark = server.mark()
+    output = run_local(config, task, **inputs)
+    return output, server.requests(mark)
+
+
+def test_top_level_task_with_experiment_id_makes_two_requests(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """A top-level task configured by experiment id creates its run with its tags, then sets the status."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    _, seen = counted(mlflow_server, config, top)
+    assert seen == [CREATE, UPDATE]
+
+
+def test_experiment_name_is_resolved_once_per_process(
+    mlflow_server: MlflowServer, client: MlflowClient
+) -> None:
+    """The first task that names an experiment looks it up once; later tasks in the process do not."""
+    name = f"by-name-{uuid.uuid4().hex[:12]}"
+    experiment_id = client.create_experiment(name)
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_name=name)
+    first_id, first = counted(mlflow_server, config, top)
+    second_id, second = counted(mlflow_server, config, top)
+    assert first == [BY_NAME, CREATE, UPDATE]
+    assert second == [CREATE, UPDATE]
+    assert {client.get_run(str(r)).info.experiment_id for r in (first_id, second_id)} == {experiment_id}
+
+
+def test_auto_children_in_the_parents_process_make_no_requests(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """Children that share their parent's run in its process cost nothing: only the parent's two requests."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    ids, seen = counted(mlflow_server, config, parent, kind="auto", n=5)
+    assert isinstance(ids, list) and len(set(ids)) == 1
+    assert seen == [CREATE, UPDATE]
+
+
+def test_auto_child_in_a_process_of_its_own_makes_one_request(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A child that shares a run it did not see start (as in a remote pod) only fetches that run."""
+    parent_run = client.create_run(experiment[1])
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    # What a parent in another process hands its children through the Flyte context:
+    remote = {**config, PARENT_RUN_KEY: parent_run.info.run_id, PARENT_EXPERIMENT_KEY: experiment[1]}
+    shared_id, seen = counted(mlflow_server, remote, auto_child)
+    assert shared_id == parent_run.info.run_id
+    assert seen == [GET_RUN]
+    assert client.get_run(parent_run.info.run_id).info.status == "RUNNING"  # the child never ends it
+    client.set_terminated(parent_run.info.run_id)
+
+
+@pytest.mark.parametrize("kind", ["nested", "new"])
+def test_children_with_their_own_run_make_two_requests_each(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], kind: str
+) -> None:
+    """A nested or new child creates its run (tags included) and sets its status: two requests, no more."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    ids, seen = counted(mlflow_server, config, parent, kind=kind, n=4)
+    assert isinstance(ids, list) and len(set(ids)) == 5
+    assert Counter(seen) == Counter({CREATE: 5, UPDATE: 5})
+    assert seen[0] == CREATE and seen[-1] == UPDATE  # the parent's run opens first and closes last
+
+
+def test_children_of_a_parent_configured_by_name_make_no_lookups(
+    mlflow_server: MlflowServer, client: MlflowClient
+) -> None:
+    """The parent resolves the experiment name once and its nested children reuse the resolved id."""
+    name = f"children-by-name-{uuid.uuid4().hex[:12]}"
+    experiment_id = client.create_experiment(name)
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_name=name)
+    ids, seen = counted(mlflow_server, config, parent, kind="new", n=3)
+    assert Counter(seen) == Counter({BY_NAME: 1, CREATE: 4, UPDATE: 4})
+    assert seen[0] == BY_NAME
+    assert isinstance(ids, list)
+    assert {client.get_run(str(r)).info.experiment_id for r in ids} == {experiment_id}
+
+
+def test_non_zero_rank_makes_no_requests(mlflow_server: MlflowServer, experiment: tuple[str, str]) -> None:
+    """A task on rank 1 runs untracked and never contacts the server."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    untracked, seen = counted(mlflow_server, config, rank_one)
+    assert untracked is True
+    assert seen == []
+
+
+def test_rank_from_the_environment_makes_no_requests(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``RANK=3`` in the environment a default tracker stays silent, so does its child."""
+    monkeypatch.setenv("RANK", "3")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    _, seen = counted(mlflow_server, config, rank_one)
+    assert seen == []
+
+
+def test_cost_does_not_grow_with_history(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """With 300 runs already in the experiment a parent and a nested child still make 2 requests each."""
+    experiment_id = experiment[1]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: client.create_run(experiment_id), range(300)))
+    assert len(client.search_runs([experiment_id], max_results=1000)) == 300
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment_id)
+    _, seen = counted(mlflow_server, config, parent, kind="nested", n=1)
+    assert seen == [CREATE, CREATE, UPDATE, UPDATE]
+    assert not [path for _, path in seen if "search" in path]
+
+
+def test_async_logging_stores_every_metric_before_the_status(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """With ``async_logging=True`` 300 queued metrics all land, in a few batches, before ``FINISHED``."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    run_id, seen = counted(mlflow_server, config, log_metrics, n=300)
+    history = client.get_metric_history(str(run_id), "loss")
+    assert sorted(m.step for m in history) == list(range(300))
+    assert client.get_run(str(run_id)).info.status == "FINISHED"
+    batches = seen.count(LOG_BATCH)
+    assert 1 <= batches < 10, f"{batches} log-batch requests: the metrics were not queued"
+    assert LOG_METRIC not in seen
+    assert seen[-1] == UPDATE  # the status is set after the last batch
+    assert "MLFLOW_ENABLE_ASYNC_LOGGING" not in os.environ
+    assert "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS" not in os.environ
+
+
+def test_sync_logging_sends_each_metric_as_it_is_logged(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Without ``async_logging`` each ``log_metric`` is its own request (the baseline the option improves)."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    run_id, seen = counted(mlflow_server, config, log_metrics, n=20)
+    assert seen.count(LOG_METRIC) == 20
+    assert LOG_BATCH not in seen
+    assert len(client.get_metric_history(str(run_id), "loss")) == 20
+
+
+def test_async_logging_stores_every_metric_when_the_task_fails(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A task failing after it queued 300 metrics still gets all of them stored; its run is ``FAILED``."""
+    marker = uuid.uuid4().hex
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    mark = mlflow_server.mark()
+    with pytest.raises(Exception, match=marker):
+        run_local(config, log_metrics_then_fail, n=300, marker=marker)
+    seen = mlflow_server.requests(mark)
+    (run,) = client.search_runs([experiment[1]], filter_string=f"tags.marker = '{marker}'")
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(300))
+    assert run.info.status == "FAILED"
+    assert seen[-1] == UPDATE
+
+
+def test_async_logging_in_parallel_trials_loses_nothing(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Sixteen nested trials queueing metrics side by side each end with all 100 of theirs stored."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    ids = run_local(config, logging_study, trials=16, n=100)
+    assert isinstance(ids, list) and len(set(ids)) == 16
+    for i, run_id in enumerate(ids):
+        history = client.get_metric_history(run_id, "score")
+        assert sorted(m.value for m in history) == [float(i * 1000 + s) for s in range(100)]
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_async_logging_restores_a_users_own_setting(
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that had ``MLFLOW_ENABLE_ASYNC_LOGGING=false`` gets exactly that back after the task."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    run_id = run_local(config, log_metrics, n=5)
+    assert os.environ["MLFLOW_ENABLE_ASYNC_LOGGING"] == "false"
+    assert "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS" not in os.environ
+    assert len(client.get_metric_history(str(run_id), "loss")) == 5
