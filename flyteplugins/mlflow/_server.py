@@ -223,8 +223,7 @@ class RestServer:
         request = LogBatch(run_id=run_id, tags=[RunTag(k, v).to_proto() for k, v in tags.items()])
         self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
 
-    def experiment_id(self, name: str) -> str:
-        """Return the id of the experiment called ``name``, creating it if it does not exist."""
+    def _find_experiment(self, name: str) -> str | None:
         try:
             found = self._call(
                 "find the experiment",
@@ -233,10 +232,17 @@ class RestServer:
                 GetExperimentByName.Response(),
                 get=True,
             )
-            return _live_experiment(name, found.experiment.experiment_id, found.experiment.lifecycle_stage)
         except TrackingRequestError as e:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(e):
-                raise
+            if "RESOURCE_DOES_NOT_EXIST" in str(e):
+                return None
+            raise
+        return _live_experiment(name, found.experiment.experiment_id, found.experiment.lifecycle_stage)
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of the experiment called ``name``, creating it if it does not exist."""
+        existing = self._find_experiment(name)
+        if existing is not None:
+            return existing
         try:
             created = self._call(
                 "create the experiment",
@@ -249,14 +255,12 @@ class RestServer:
         except TrackingRequestError as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e):
                 raise
-        again = self._call(
-            "find the experiment",
-            "experiments/get-by-name",
-            GetExperimentByName(experiment_name=name),
-            GetExperimentByName.Response(),
-            get=True,
-        )
-        return str(again.experiment.experiment_id)
+        # Another process created it in the meantime.
+        again = self._find_experiment(name)
+        if again is None:
+            msg = f"experiment {name!r} was reported to exist, but the tracking server cannot find it"
+            raise TrackingRequestError(msg)
+        return again
 
 
 def _live_experiment(name: str, experiment_id: str, stage: str) -> str:
