@@ -214,20 +214,16 @@ def main() -> None:
             f"{label:<52} {f.wall:>5.2f}s {f.wall / base:>5.2f}x {f.stall * 1000:>8.0f}ms "
             f"{f.last_start:>9.2f}s {f.last_sleep_end:>8.2f}s {f.client_cpu:>7.2f}s {server_cpu:>10}"
         )
-    # Like for like: the plugin's study against the untracked study that does the same work.
-    same_nothing = rows[2][1].wall / base
-    same_logging = rows[3][1].wall / rows[1][1].wall
+    # The target compares the tracked study with the untracked one. Two readings of "untracked" are
+    # printed, so the figure cannot be read more kindly than it is: trials doing no MLflow work at all,
+    # and trials doing the same logging by hand. The plugin's own share is shown apart.
     for what, ratio in (
-        ("trials log nothing: tracked vs untracked", same_nothing),
-        ("trials log 1 param + 1 metric: tracked vs untracked (logging by hand)", same_logging),
+        ("vs untracked trials that do no MLflow work", rows[3][1].wall / base),
+        ("vs untracked trials that log the same by hand", rows[3][1].wall / rows[1][1].wall),
+        ("plugin's own share (tracked trials that log nothing vs untracked)", rows[2][1].wall / base),
     ):
         verdict = "holds" if ratio <= TARGET else "MISSED"
         print(f"target <= {TARGET}x, {what}: {verdict} ({ratio:.2f}x)")
-    mixed = rows[3][1].wall / base
-    print(
-        f"for the record, tracked trials that log vs untracked trials that log nothing: {mixed:.2f}x "
-        "(the trials' own blocking mlflow.log_* calls; async_logging=True removes the stalls)"
-    )
     own = rows[2][1]
     if own.server_cpu is not None:
         per_request = own.server_cpu / (2 * TRIALS + 2) * 1000
