@@ -168,26 +168,23 @@ def test_env_rank_zero_or_unset_logs(
     _assert_logged(rank_from_env, mlflow_server, client, experiment)
 
 
-def test_explicit_rank_zero_beats_env_rank(
+@pytest.mark.parametrize(
+    ("env_rank", "logs"), [("1", True), ("0", False)], ids=["rank=0 vs RANK=1", "rank=1 vs RANK=0"]
+)
+def test_explicit_rank_beats_env_rank(
+    env_rank: str,
+    logs: bool,
     mlflow_server: MlflowServer,
     client: MlflowClient,
     experiment: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An explicit rank 0 logs even where RANK=1."""
-    monkeypatch.setenv("RANK", "1")
-    _assert_logged(rank_zero, mlflow_server, client, experiment)
-
-
-def test_explicit_rank_one_beats_env_rank(
-    mlflow_server: MlflowServer,
-    client: MlflowClient,
-    experiment: tuple[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An explicit rank 1 stays silent even where RANK=0."""
-    monkeypatch.setenv("RANK", "0")
-    _assert_silent(rank_one, mlflow_server, client, experiment)
+    """An explicit rank wins over RANK: rank 0 logs where RANK=1, rank 1 stays silent where RANK=0."""
+    monkeypatch.setenv("RANK", env_rank)
+    if logs:
+        _assert_logged(rank_zero, mlflow_server, client, experiment)
+    else:
+        _assert_silent(rank_one, mlflow_server, client, experiment)
 
 
 def test_for_rank_returns_a_bound_copy() -> None:

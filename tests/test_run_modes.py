@@ -71,6 +71,21 @@ async def nested_child() -> str:
     return _own_run_id()
 
 
+def _report(
+    own: str, shared: str, new: str, nested: str, status_after_auto: str, active_after_new: str
+) -> dict[str, str]:
+    """What a parent saw of its children's runs, plus the active run at its end."""
+    return {
+        "parent": own,
+        "auto": shared,
+        "new": new,
+        "nested": nested,
+        "status_after_auto": status_after_auto,
+        "active_after_new": active_after_new,
+        "active_at_end": _active_run_id(),
+    }
+
+
 @mlflow_run
 @env.task
 async def async_parent() -> dict[str, str]:
@@ -82,15 +97,7 @@ async def async_parent() -> dict[str, str]:
     active_after_new = _active_run_id()
     nested = await nested_child()
     mlflow.log_metric("after_children", 2.0)
-    return {
-        "parent": own,
-        "auto": shared,
-        "new": new,
-        "nested": nested,
-        "status_after_auto": status_after_auto,
-        "active_after_new": active_after_new,
-        "active_at_end": _active_run_id(),
-    }
+    return _report(own, shared, new, nested, status_after_auto, active_after_new)
 
 
 # --- sync tasks --------------------------------------------------------------------------------
@@ -130,15 +137,7 @@ def sync_parent() -> dict[str, str]:
     active_after_new = _active_run_id()
     nested = sync_nested_child()
     mlflow.log_metric("after_children", 2.0)
-    return {
-        "parent": own,
-        "auto": shared,
-        "new": new,
-        "nested": nested,
-        "status_after_auto": status_after_auto,
-        "active_after_new": active_after_new,
-        "active_at_end": _active_run_id(),
-    }
+    return _report(own, shared, new, nested, status_after_auto, active_after_new)
 
 
 @mlflow_run
