@@ -1,10 +1,12 @@
-"""Test support: a real ``mlflow server`` subprocess, and a loopback relay to put in front of one.
+"""Test support: a real ``mlflow server`` subprocess, a loopback relay to put in front of one, and a
+socket that records requests and never answers.
 
-Both are real network peers; nothing here imitates MLflow.
+All are real network peers; nothing here imitates MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
@@ -165,3 +167,30 @@ class Relay:
         """Stop the relay."""
         self._server.shutdown()
         self._server.server_close()
+
+
+class Recorder:
+    """A loopback socket that reads each request, keeps its bytes, and hangs up without answering."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.uri = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.received: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    self.received.append(conn.recv(65536))
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()

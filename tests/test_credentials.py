@@ -11,10 +11,7 @@ the ``custom_context`` that children receive, and rendered links.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-import socket
-import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +33,7 @@ from flyteplugins.mlflow import (
     mlflow_run,
 )
 from flyteplugins.mlflow._config import decode
+from tests.support import Recorder
 
 env = flyte.TaskEnvironment(name="credentials")
 
@@ -113,33 +111,6 @@ def test_credentials_in_a_context_are_not_repeated_by_the_decoder(key: str, extr
 
 
 # --- never leaked when passed the right way ----------------------------------------------------
-
-
-class Recorder:
-    """A loopback socket that reads each request, keeps its bytes, and hangs up without answering."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.uri = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.received: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    self.received.append(conn.recv(65536))
-
-    def close(self) -> None:
-        """Stop listening."""
-        self._sock.close()
 
 
 @mlflow_run(run_mode="nested")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import flyte
@@ -297,6 +300,63 @@ def test_async_logging_in_parallel_trials_loses_nothing(
         history = client.get_metric_history(run_id, "score")
         assert sorted(m.value for m in history) == [float(i * 1000 + s) for s in range(100)]
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+EXIT_CALLBACKS = """
+import asyncio, sys
+import flyte, mlflow
+from mlflow.utils.async_logging.async_logging_queue import AsyncLoggingQueue
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+
+real = AsyncLoggingQueue._at_exit_callback
+def counted(self):
+    print("exit callback", flush=True)
+    real(self)
+AsyncLoggingQueue._at_exit_callback = counted
+
+env = flyte.TaskEnvironment(name="exit-callbacks")
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def trial(i: int) -> str:
+    mlflow.log_metric("score", float(i))
+    return mlflow.active_run().info.run_id
+
+@mlflow_run
+@env.task
+async def study(n: int) -> list[str]:
+    return list(await asyncio.gather(*(trial(i) for i in range(n))))
+
+flyte.init()
+config = mlflow_config(tracking_uri=sys.argv[1], experiment_id=sys.argv[2], async_logging=True)
+for _ in range(3):
+    ids = flyte.with_runcontext(mode="local", custom_context=config).run(study, n=10).outputs()[0]
+    print("trials", len(set(ids)), flush=True)
+"""
+
+
+def test_async_logging_drains_register_one_exit_callback(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], tmp_path: Path
+) -> None:
+    """Thirty trials drain MLflow's queue thirty times; at exit its callback still runs only once.
+
+    MLflow's queue registers its exit callback each time it is started, and every drain restarts
+    it. Run in a process of its own, so the exit is real.
+    """
+    script = tmp_path / "exit_callbacks.py"
+    script.write_text(EXIT_CALLBACKS)
+    done = subprocess.run(
+        [sys.executable, str(script), mlflow_server.uri, experiment[1]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).parent.parent,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines.count("trials 10") == 3
+    assert lines.count("exit callback") == 1
 
 
 def test_async_logging_restores_a_users_own_setting(

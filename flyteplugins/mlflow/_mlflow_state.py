@@ -22,6 +22,7 @@ call drains the queue (:func:`drain_async_logging`) before it sets a run's final
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import os
@@ -210,7 +211,8 @@ def drain_async_logging(uri: str) -> None:
        of racing), stop the thread, which first hands every queued call to the current senders, and
        start the queue again with new ones, which also pick up anything queued during the switch;
     2. outside the lock, so other tasks keep queueing, wait for the old senders: every call queued
-       before the drain began is then stored.
+       before the drain began is then stored. The old status-check threads are let go, and the
+       queue's exit callback stays registered once, not once per drain.
 
     Returns at once when the queue is not running. Falls back to MLflow's ``flush_async_logging``
     if the queue no longer has the parts this relies on.
@@ -228,8 +230,13 @@ def drain_async_logging(uri: str) -> None:
             return
         queue.end_async_logging()
         senders = queue._batch_logging_worker_threadpool
+        waiters = getattr(queue, "_batch_status_check_threadpool", None)
+        # activate() registers the queue's exit callback again each time: keep one registration.
+        atexit.unregister(queue._at_exit_callback)
         queue.activate()
     senders.shutdown(wait=True)
+    if waiters is not None:
+        waiters.shutdown(wait=False)  # its threads end once they have seen the old batches complete
 
 
 def open_tasks() -> int:

@@ -3,8 +3,8 @@
 ``MlflowClient`` retries a failing HTTP request for minutes and takes its limits from process-wide
 environment variables, so one call cannot be bounded without changing them for everyone. The plugin
 makes only a handful of calls of its own (create a run, finalize it, look a run or an experiment
-up), so for ``http(s)`` tracking URIs it sends them itself through MLflow's ``http_request`` with
-retries switched off, and retries in a loop of its own:
+up), so for ``http(s)`` tracking URIs it sends them itself, one attempt at a time (see ``_http``),
+and retries in a loop of its own:
 
 * a request that never reached the server (connection refused, connect timeout) is always retried;
 * a request that may have been processed (read timeout, HTTP 500) is retried only if repeating it is
@@ -34,6 +34,7 @@ import urllib3
 from google.protobuf.message import Message
 
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
+from flyteplugins.mlflow._http import send
 from mlflow.entities import Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import (
@@ -45,9 +46,8 @@ from mlflow.protos.service_pb2 import (
     UpdateRun,
 )
 from mlflow.tracking.client import MlflowClient
-from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.proto_json_utils import message_to_json, parse_dict
-from mlflow.utils.rest_utils import http_request, verify_rest_response
+from mlflow.utils.rest_utils import verify_rest_response
 
 __all__ = ["DEFAULT_POLICY", "MAX_CONCURRENT_REQUESTS", "RequestPolicy", "Server", "describe", "server_for"]
 
@@ -152,16 +152,7 @@ class RestServer:
             reached = True
             try:
                 with _SLOTS:
-                    reply = http_request(
-                        get_default_host_creds(self.uri),
-                        endpoint,
-                        "GET" if get else "POST",
-                        max_retries=0,
-                        backoff_factor=0,
-                        timeout=policy.timeout,
-                        raise_on_status=False,
-                        **({"params": body} if get else {"json": body}),
-                    )
+                    reply = send(self.uri, endpoint, "GET" if get else "POST", body, policy.timeout)
                 if reply.status_code == 200:
                     verify_rest_response(reply, endpoint)
                     parse_dict(js_dict=json.loads(reply.text or "{}"), message=response)

@@ -1,0 +1,150 @@
+"""One HTTP request from the plugin to a tracking server, without MLflow's per-request set-up.
+
+MLflow's ``http_request`` works the same things out again for every request it sends: the request
+headers (its header providers look for Databricks by attempting imports that fail, about 1 ms each
+time), the proxy and CA bundle settings in the environment, and which cached session to use. For
+the few requests the plugin sends per task that is most of their client-side CPU, and parallel
+trials in one process share that CPU with their own work.
+
+So for a plain server the constant parts are worked out once per server and process and kept in a
+:class:`Transport` with one keep-alive session. What can change while a process runs is still read
+for every request: the credentials (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``, so a rotated token is picked up) and the TLS settings
+(``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+``MLFLOW_TRACKING_CLIENT_CERT_PATH``). Anything MLflow treats specially (the Databricks SDK or
+OAuth, AWS SigV4, auth plugins, workspaces) goes through MLflow's own ``http_request`` unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import requests
+from requests.utils import get_environ_proxies, get_netrc_auth
+
+from mlflow.tracking.request_header.registry import resolve_request_headers
+from mlflow.utils import rest_utils
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+__all__ = ["Transport", "is_plain", "send"]
+
+
+def is_plain(creds: MlflowHostCreds) -> bool:
+    """Whether a request with these credentials needs nothing beyond headers, TLS settings and a cert.
+
+    False for the Databricks SDK and OAuth, AWS SigV4, auth plugins (including Kubernetes), and
+    requests that MLflow tags with a workspace, org id or traffic id.
+    """
+    special = (
+        creds.use_databricks_sdk,
+        creds.aws_sigv4,
+        creds.auth,
+        creds.client_secret,
+        getattr(creds, "workspace_id", None),
+        os.environ.get("_MLFLOW_DATABRICKS_TRAFFIC_ID"),
+    )
+    if any(special):
+        return False
+    workspace = getattr(rest_utils, "get_request_workspace", None)
+    return workspace is None or not workspace()
+
+
+@attrs.frozen
+class Transport:
+    """What every request to one server shares: the session, MLflow's headers, proxies and redirects.
+
+    ``verify`` is the CA bundle named by ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` (or ``True``),
+    used when MLflow's own TLS settings leave verification at its default; ``netrc`` is the login
+    ``~/.netrc`` holds for the host, used when no MLflow credentials are set. Both are what
+    ``requests`` would find in the environment for each request.
+    """
+
+    base: str
+    session: requests.Session
+    headers: Mapping[str, str]
+    verify: bool | str
+    netrc: tuple[str, str] | None
+    allow_redirects: bool
+
+    @classmethod
+    def for_host(cls, host: str) -> Transport:
+        """Work out the constant parts for ``host`` (a tracking URI's ``scheme://host:port[/path]``)."""
+        base = host.rstrip("/")
+        session = requests.Session()
+        session.trust_env = False  # what it would read per request is read here, once
+        session.proxies.update(get_environ_proxies(base))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        redirects = os.environ.get("MLFLOW_ALLOW_HTTP_REDIRECTS", "true").lower() in ("true", "1")
+        return cls(
+            base=base,
+            session=session,
+            headers=dict(resolve_request_headers()),
+            verify=bundle or True,
+            netrc=get_netrc_auth(base),
+            allow_redirects=redirects,
+        )
+
+    def request(
+        self, creds: MlflowHostCreds, endpoint: str, method: str, body: dict[str, Any], timeout: float
+    ) -> requests.Response:
+        """Send one request with the credentials and TLS settings in ``creds``; no retries."""
+        headers = dict(self.headers)
+        netrc = None
+        if creds.username and creds.password:
+            login = base64.standard_b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            headers["Authorization"] = f"Basic {login}"
+        elif creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        else:
+            netrc = self.netrc
+        verify = creds.verify if creds.verify is not True else self.verify
+        payload: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
+        return self.session.request(
+            method,
+            self.base + endpoint,
+            headers=headers,
+            auth=netrc,
+            verify=verify,
+            cert=creds.client_cert_path,
+            timeout=timeout,
+            allow_redirects=self.allow_redirects,
+            **payload,
+        )
+
+
+@functools.cache
+def _transport(host: str) -> Transport:
+    return Transport.for_host(host)
+
+
+def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: float) -> requests.Response:
+    """Send one request to the tracking server at ``uri`` and return the response, whatever its status.
+
+    Plain servers go through the process's :class:`Transport` for the server; the rest through
+    MLflow's ``http_request``. Neither retries: the caller decides what is worth repeating.
+
+    Raises:
+        requests.RequestException: the request could not be sent or answered (plain servers).
+        mlflow.exceptions.MlflowException: the same, from MLflow's ``http_request``.
+    """
+    creds = get_default_host_creds(uri)
+    if not is_plain(creds):
+        payload: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
+        response: requests.Response = http_request(
+            creds,
+            endpoint,
+            method,
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout,
+            raise_on_status=False,
+            **payload,
+        )
+        return response
+    return _transport(creds.host).request(creds, endpoint, method, body, timeout)
