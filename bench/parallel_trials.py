@@ -39,7 +39,7 @@ env = flyte.TaskEnvironment(name="bench-parallel-trials")
 
 TRIALS = 32
 SLEEP = 0.5
-REPEAT = 3
+REPEAT = 5
 TARGET = 1.5
 HEARTBEAT = 0.005
 

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
+from flyteplugins.mlflow._server import MAX_CONCURRENT_REQUESTS, RequestPolicy
 from tests.support import MlflowServer, Relay, free_port
 
 env = flyte.TaskEnvironment(name="faults")
@@ -283,6 +285,44 @@ def test_silent_server_worst_case_under_default_policy() -> None:
     assert listener.connections == 3
     assert "request_timeout=4s, request_retries=2" in str(caught.value)
     assert f"127.0.0.1:{listener.port}" in str(caught.value)
+
+
+def test_a_calls_budget_is_its_worst_case() -> None:
+    """The budget is every attempt timing out plus the backoffs: 3 x 4 s + 0.5 s + 1 s by default."""
+    assert RequestPolicy().budget() == 13.5
+    assert RequestPolicy().for_finalize().budget() == 6 * 4.0 + 0.5 + 1 + 2 + 4 + 4
+    assert RequestPolicy(timeout=0.5, retries=0).budget() == 0.5
+
+
+def test_trials_queued_behind_a_silent_server_give_up_without_trying() -> None:
+    """80 parallel trials against a server that never answers: those still waiting for one of the 8
+    request slots when the server has been silent for a whole call's budget fail without sending.
+
+    Without that, each would wait its turn and time out in rounds of eight (80 connections, ten
+    timeouts end to end); here at most two rounds connect.
+    """
+    listener = Listener(hang_up=False)
+
+    @mlflow_run(tracking_uri=listener.uri, experiment_id="0", request_timeout=0.5, request_retries=0)
+    def trial() -> None:
+        raise AssertionError("the body must not run")
+
+    def outcome() -> type[BaseException]:
+        try:
+            trial()
+        except MlflowTrackingError as e:
+            return type(e)
+        raise AssertionError("the trial did not fail")
+
+    try:
+        with ThreadPoolExecutor(max_workers=80) as pool:
+            kinds = list(pool.map(lambda _: outcome(), range(80)))
+        connections = listener.connections
+    finally:
+        listener.close()
+    assert connections <= 2 * MAX_CONCURRENT_REQUESTS, f"{connections} connections"
+    assert kinds.count(TrackingRequestError) == connections  # sent, and timed out
+    assert kinds.count(TrackingServerUnreachable) == 80 - connections  # gave up while waiting
 
 
 def test_warn_runs_the_body_untracked(caplog: pytest.LogCaptureFixture) -> None:

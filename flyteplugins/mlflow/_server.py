@@ -13,7 +13,10 @@ and retries in a loop of its own:
 * ``429``, ``502``, ``503`` and ``504`` mean "not processed" and are retried for every call.
 
 At most :data:`MAX_CONCURRENT_REQUESTS` of these requests are in flight per process, so a burst of
-parallel trials cannot exhaust the server's connection pool. Other tracking stores (a local SQLite
+parallel trials cannot exhaust the server's connection pool. A call waiting for a free slot gives
+up once the server has answered none of the process's requests for as long as one call may take
+(:meth:`RequestPolicy.budget`, 13.5 s by default), so a silent server fails every queued trial in
+seconds, not after the queue has timed out eight at a time. Other tracking stores (a local SQLite
 file, a ``file:`` directory, Databricks) are reached through ``MlflowClient`` as usual.
 
 Errors name the server by ``host:port`` only.
@@ -53,6 +56,7 @@ __all__ = ["DEFAULT_POLICY", "MAX_CONCURRENT_REQUESTS", "RequestPolicy", "Server
 
 MAX_CONCURRENT_REQUESTS: Final = 8
 _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+_HEARD: dict[str, float] = {}  # tracking URI -> when it last answered one of our requests (monotonic)
 _NOT_PROCESSED: Final = frozenset({429, 502, 503, 504})
 _MAX_BACKOFF: Final = 4.0
 
@@ -68,6 +72,11 @@ class RequestPolicy:
     def for_finalize(self) -> RequestPolicy:
         """Finalizing a finished run gets more retries: losing its status is worse than waiting."""
         return attrs.evolve(self, retries=max(self.retries, 5))
+
+    def budget(self) -> float:
+        """The longest one call can take on its own: every attempt timing out, with the backoffs between."""
+        backoffs = sum(min(self.backoff * 2.0**k, _MAX_BACKOFF) for k in range(self.retries))
+        return (self.retries + 1) * self.timeout + backoffs
 
 
 DEFAULT_POLICY: Final = RequestPolicy()
@@ -151,8 +160,20 @@ class RestServer:
             failure: str
             reached = True
             try:
-                with _SLOTS:
+                if not _take_slot(self.uri, started, policy.budget()):
+                    waited = time.monotonic() - started
+                    msg = (
+                        f"the MLflow tracking server at {where} could not be reached to {action}: it "
+                        f"answered none of this process's requests while this one waited {waited:.1f}s "
+                        f"for one of the {MAX_CONCURRENT_REQUESTS} request slots "
+                        f"(request_timeout={policy.timeout:g}s, request_retries={policy.retries})"
+                    )
+                    raise TrackingServerUnreachable(msg)
+                try:
                     reply = send(self.uri, endpoint, "GET" if get else "POST", body, policy.timeout)
+                finally:
+                    _SLOTS.release()
+                _HEARD[self.uri] = time.monotonic()
                 if reply.status_code == 200:
                     verify_rest_response(reply, endpoint)
                     parse_dict(js_dict=json.loads(reply.text or "{}"), message=response)
@@ -252,6 +273,22 @@ class RestServer:
             msg = f"experiment {name!r} was reported to exist, but the tracking server cannot find it"
             raise TrackingRequestError(msg)
         return again
+
+
+def _take_slot(uri: str, started: float, budget: float) -> bool:
+    """Wait for a request slot; give up (``False``) once ``uri`` has been silent for ``budget`` seconds.
+
+    Silence counts from the later of ``started`` and the server's last answer to any of this
+    process's requests, so calls queued behind a slow server that still answers keep waiting, and
+    calls queued behind a server that answers nothing end within one call's budget, however many
+    of them there are.
+    """
+    while True:
+        remaining = budget - (time.monotonic() - max(started, _HEARD.get(uri, started)))
+        if remaining <= 0:
+            return False
+        if _SLOTS.acquire(timeout=min(remaining, 1.0)):
+            return True
 
 
 def _live_experiment(name: str, experiment_id: str, stage: str) -> str:
