@@ -1,8 +1,9 @@
 """Scenario (b): 32 nested trials under ``asyncio.gather``, tracked versus untracked wall time.
 
 Each trial awaits ``asyncio.sleep(0.5)`` (standing in for training that yields the event loop) and
-logs one param and one metric. The untracked study runs the same trials with the same sleep and no
-MLflow calls at all. Besides the study's wall time, each variant reports:
+logs one param and one metric. Every ratio is against the untracked study, which runs the same
+trials with the same sleep and no MLflow calls at all; the target is also judged against the other
+readings of "untracked" (see below). Besides the study's wall time, each variant reports:
 
 * the longest event-loop stall: a heartbeat in the study task sleeps 5 ms at a time and records how
   late it wakes up, so a blocking call anywhere on the loop shows up here;
