@@ -188,9 +188,31 @@ class Recorder:
                 return
             with conn:
                 conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    self.received.append(conn.recv(65536))
+                self.received.append(_read_request(conn))
 
     def close(self) -> None:
         """Stop listening."""
         self._sock.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """Read one HTTP request: its head, then as many body bytes as its ``Content-Length`` says.
+
+    The head and the body may arrive in separate segments, so one ``recv`` is not enough.
+    """
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+            data += chunk
+    return data

@@ -57,6 +57,7 @@ def _no_mlflow_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         "MLFLOW_TRACKING_AWS_SIGV4",
         "MLFLOW_TRACKING_AUTH",
         "MLFLOW_WORKSPACE",
+        "MLFLOW_DATABRICKS_TRAFFIC_ID",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -174,11 +175,21 @@ def test_which_requests_are_plain(creds: MlflowHostCreds, plain: bool) -> None:
     assert _http.is_plain(creds) is plain
 
 
-def test_a_workspace_is_not_plain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request MLflow would tag with a workspace goes through MLflow."""
-    if not hasattr(rest_utils, "get_request_workspace"):
-        pytest.skip("this MLflow has no workspaces")
-    monkeypatch.setenv("MLFLOW_WORKSPACE", "team-a")
+@pytest.mark.parametrize(
+    ("variable", "needs"),
+    [
+        ("MLFLOW_WORKSPACE", "get_request_workspace"),
+        ("MLFLOW_DATABRICKS_TRAFFIC_ID", "_MLFLOW_DATABRICKS_TRAFFIC_ID"),
+    ],
+)
+def test_a_workspace_or_traffic_id_is_not_plain(
+    monkeypatch: pytest.MonkeyPatch, variable: str, needs: str
+) -> None:
+    """A request MLflow would tag with a workspace or a Databricks traffic id goes through MLflow."""
+    if not hasattr(rest_utils, needs):
+        pytest.skip(f"this MLflow has no {needs}")
+    assert _http.is_plain(MlflowHostCreds("http://h"))
+    monkeypatch.setenv(variable, "team-a")
     assert not _http.is_plain(MlflowHostCreds("http://h"))
 
 

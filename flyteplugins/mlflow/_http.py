@@ -41,13 +41,14 @@ def is_plain(creds: MlflowHostCreds) -> bool:
     False for the Databricks SDK and OAuth, AWS SigV4, auth plugins (including Kubernetes), and
     requests that MLflow tags with a workspace, org id or traffic id.
     """
+    traffic_id = getattr(rest_utils, "_MLFLOW_DATABRICKS_TRAFFIC_ID", None)
     special = (
         creds.use_databricks_sdk,
         creds.aws_sigv4,
         creds.auth,
         creds.client_secret,
         getattr(creds, "workspace_id", None),
-        os.environ.get("_MLFLOW_DATABRICKS_TRAFFIC_ID"),
+        traffic_id is not None and traffic_id.get(),
     )
     if any(special):
         return False
