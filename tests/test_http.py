@@ -8,8 +8,11 @@ really goes over the wire, with a loopback socket that records requests, and run
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import uuid
 from collections.abc import Iterator
+from multiprocessing.queues import Queue
 from typing import Any
 
 import pytest
@@ -86,6 +89,36 @@ def test_headers_are_worked_out_once_per_server(
         assert (stored.info.status, stored.data.tags["k"]) == ("FINISHED", "v")
 
 
+def _in_forked_child(uri: str, experiment_id: str, parent: int, answers: Queue[object]) -> None:
+    try:
+        inherited = _http._transport(uri, parent).session  # the parent's, copied by the fork
+        run = server_for(uri).create_run(experiment_id, None, {"side": "child"}, 1)
+        server_for(uri).set_status(run.info.run_id, "FINISHED", 2)
+        answers.put((run.info.run_id, _http._transport(uri, os.getpid()).session is not inherited))
+    except BaseException as e:
+        answers.put(repr(e))
+
+
+def test_a_forked_child_does_not_share_the_parents_connections(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A process forked after the parent sent requests opens connections of its own."""
+    server = server_for(tracking_uri)
+    server.set_status(server.create_run(experiment[1], None, {}, 1).info.run_id, "FINISHED", 2)
+    fork = multiprocessing.get_context("fork")
+    answers: Queue[object] = fork.Queue()
+    child = fork.Process(target=_in_forked_child, args=(tracking_uri, experiment[1], os.getpid(), answers))
+    child.start()
+    answer = answers.get(timeout=60)
+    child.join(timeout=60)
+    assert isinstance(answer, tuple), answer
+    run_id, own_session = answer
+    assert own_session
+    stored = client.get_run(str(run_id))
+    assert (stored.info.status, stored.data.tags["side"]) == ("FINISHED", "child")
+    server.set_status(server.create_run(experiment[1], None, {}, 1).info.run_id, "FINISHED", 2)
+
+
 def test_mlflow_headers_and_json_body_are_sent(recorder: Recorder) -> None:
     """Each request carries MLflow's client headers and the body as JSON, like MLflow's own."""
     sent = _sent(recorder, recorder.uri, {"run_id": "r9", "status": "KILLED"})
@@ -133,7 +166,7 @@ def test_tls_settings_are_read_for_every_request(
     """MLflow's TLS variables win; otherwise the CA bundle requests would find in the environment."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/bundles/corp.pem")
     uri = f"https://tls-{uuid.uuid4().hex[:8]}.example"
-    transport = _http._transport(uri)
+    transport = _http._transport(uri, os.getpid())
     assert transport.verify == "/bundles/corp.pem"
     seen: dict[str, Any] = {}
 

@@ -120,7 +120,8 @@ class Transport:
 
 
 @functools.cache
-def _transport(host: str) -> Transport:
+def _transport(host: str, pid: int) -> Transport:
+    """The transport for ``host`` in process ``pid``: a forked child makes its own, not the parent's."""
     return Transport.for_host(host)
 
 
@@ -148,4 +149,4 @@ def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: fl
             **payload,
         )
         return response
-    return _transport(creds.host).request(creds, endpoint, method, body, timeout)
+    return _transport(creds.host, os.getpid()).request(creds, endpoint, method, body, timeout)
