@@ -71,20 +71,35 @@ async def watched(started: float, trials: Awaitable[list[list[float]]]) -> list[
     return [longest, max(s[0] for s in stamps) - started, max(s[1] for s in stamps) - started]
 
 
-async def sleep_and_stamp(log: bool, i: int) -> list[float]:
-    """The trial body: the sleep, then (if ``log``) one param and one metric with the fluent API."""
+async def sleep_then(log: Callable[[], None] | None = None) -> list[float]:
+    """The trial body: the sleep, then ``log`` (the trial's MLflow calls, if any).
+
+    Returns:
+        When the body started and when the sleep ended.
+    """
     body_started = time.perf_counter()
     await asyncio.sleep(SLEEP)
     slept = time.perf_counter()
-    if log:
-        mlflow.log_param("i", i)
-        mlflow.log_metric("score", float(i))
+    if log is not None:
+        log()
     return [body_started, slept]
+
+
+def log_fluent(i: int) -> None:
+    """One param and one metric with the fluent API, into the task's active run."""
+    mlflow.log_param("i", i)
+    mlflow.log_metric("score", float(i))
+
+
+def log_with_client(client: MlflowClient, run_id: str, i: int) -> None:
+    """The same param and metric with ``MlflowClient`` (the requests the fluent calls send)."""
+    client.log_param(run_id, "i", i)
+    client.log_metric(run_id, "score", float(i))
 
 
 @env.task
 async def plain_trial(i: int) -> list[float]:
-    return await sleep_and_stamp(False, i)
+    return await sleep_then()
 
 
 @env.task
@@ -95,14 +110,10 @@ async def plain_study(n: int, started: float) -> list[float]:
 @env.task
 async def client_trial(i: int, uri: str, experiment_id: str, parent_run_id: str) -> list[float]:
     client = MlflowClient(uri)
-    run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_run_id})
-    body_started = time.perf_counter()
-    await asyncio.sleep(SLEEP)
-    slept = time.perf_counter()
-    client.log_param(run.info.run_id, "i", i)
-    client.log_metric(run.info.run_id, "score", float(i))
-    client.set_terminated(run.info.run_id)
-    return [body_started, slept]
+    run_id = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_run_id}).info.run_id
+    stamps = await sleep_then(lambda: log_with_client(client, run_id, i))
+    client.set_terminated(run_id)
+    return stamps
 
 
 @env.task
@@ -117,13 +128,7 @@ async def client_study(n: int, started: float, uri: str, experiment_id: str) -> 
 
 @env.task
 async def logging_only_trial(i: int, uri: str, run_id: str) -> list[float]:
-    body_started = time.perf_counter()
-    await asyncio.sleep(SLEEP)
-    slept = time.perf_counter()
-    client = MlflowClient(uri)  # what mlflow.log_param / log_metric do underneath
-    client.log_param(run_id, "i", i)
-    client.log_metric(run_id, "score", float(i))
-    return [body_started, slept]
+    return await sleep_then(lambda: log_with_client(MlflowClient(uri), run_id, i))
 
 
 @env.task
@@ -134,7 +139,7 @@ async def logging_only_study(n: int, started: float, uri: str, run_ids: list[str
 @mlflow_run(run_mode="nested")
 @env.task
 async def trial(i: int, log: bool) -> list[float]:
-    return await sleep_and_stamp(log, i)
+    return await sleep_then((lambda: log_fluent(i)) if log else None)
 
 
 @mlflow_run

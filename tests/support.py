@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from flyteplugins.mlflow import get_mlflow_run
+
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
 
 
@@ -216,3 +218,11 @@ def _read_request(conn: socket.socket) -> bytes:
             body += chunk
             data += chunk
     return data
+
+
+def own_run_id() -> str:
+    """The id of the plugin's run for the calling task (asserting there is one)."""
+    run = get_mlflow_run()
+    assert run is not None, "no MLflow run inside a tracked call"
+    run_id: str = run.info.run_id
+    return run_id

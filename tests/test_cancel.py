@@ -23,26 +23,19 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
-from tests.support import Relay
+from tests.support import Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="cancellation")
 
 _child_runs: list[str] = []
 
 
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None
-    run_id: str = run.info.run_id
-    return run_id
-
-
 @mlflow_run(run_mode="nested")
 @env.task
 async def endless_child() -> str:
-    _child_runs.append(_own_run_id())
+    _child_runs.append(own_run_id())
     await asyncio.sleep(600)
     return "never"
 
@@ -57,7 +50,7 @@ async def impatient_parent() -> list[str]:
     try:
         await child
     except asyncio.CancelledError:
-        return [_own_run_id(), _child_runs[-1]]
+        return [own_run_id(), _child_runs[-1]]
     return []
 
 
@@ -83,7 +76,7 @@ def test_cancelled_coroutine_ends_killed(
 
     @mlflow_run(tracking_uri=tracking_uri, experiment_id=experiment[1])
     async def work() -> None:
-        seen.append(_own_run_id())
+        seen.append(own_run_id())
         await asyncio.sleep(600)
 
     async def main() -> None:
@@ -144,7 +137,7 @@ def test_keyboard_interrupt_ends_killed(
 
     @mlflow_run(tracking_uri=tracking_uri, experiment_id=experiment[1])
     def work() -> None:
-        seen.append(_own_run_id())
+        seen.append(own_run_id())
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -160,7 +153,7 @@ def test_ordinary_failure_is_failed_not_killed(
 
     @mlflow_run(tracking_uri=tracking_uri, experiment_id=experiment[1])
     def work() -> None:
-        seen.append(_own_run_id())
+        seen.append(own_run_id())
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):

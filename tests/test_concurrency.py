@@ -18,19 +18,13 @@ from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-concurrency")
 
 TRIALS = 32
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None, "no MLflow run inside a tracked task"
-    run_id: str = run.info.run_id
-    return run_id
 
 
 @mlflow_run(run_mode="nested")
@@ -39,7 +33,7 @@ async def nested_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     await asyncio.sleep(0)  # let the other trials run between this trial's two calls
     mlflow.log_metric("score", i)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
@@ -48,7 +42,7 @@ async def new_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     await asyncio.sleep(0)
     mlflow.log_metric("score", i)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
@@ -56,12 +50,12 @@ async def new_trial(i: int) -> str:
 def sync_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     mlflow.log_metric("score", i)
-    return _own_run_id()
+    return own_run_id()
 
 
 async def _study(trial: TaskTemplate[Any, Any, Any], n: int, sync: bool) -> list[str]:
     """The parent's part: log its own settings, run the trials together, log its own result."""
-    parent = _own_run_id()
+    parent = own_run_id()
     mlflow.log_param("n_trials", n)
     if sync:
         ids = await asyncio.gather(*(trial.aio(i) for i in range(n)))

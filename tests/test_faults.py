@@ -14,7 +14,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -111,6 +111,17 @@ class Listener:
                 conn.close()
             else:
                 self._held.append(conn)
+
+    def failed_call(self, call: Callable[[], None]) -> tuple[int, str]:
+        """Run a tracked call that must fail with ``TrackingRequestError``.
+
+        Returns:
+            How many connections it made to this listener, and its error message.
+        """
+        before = self.connections
+        with pytest.raises(TrackingRequestError) as caught:
+            call()
+        return self.connections - before, str(caught.value)
 
     def close(self) -> None:
         """Stop accepting and drop every held connection."""
@@ -225,18 +236,14 @@ def test_run_creation_is_not_repeated_once_it_may_have_landed() -> None:
         raise AssertionError("the body must not run")
 
     try:
-        with pytest.raises(TrackingRequestError) as create:
-            by_id()
-        creates = listener.connections
-        with pytest.raises(TrackingRequestError) as lookup:
-            by_name()
-        lookups = listener.connections - creates
+        creates, create = listener.failed_call(by_id)
+        lookups, lookup = listener.failed_call(by_name)
     finally:
         listener.close()
     assert creates == 1
-    assert "did not create a run: ConnectionAborted after 1 attempt " in str(create.value)
+    assert "did not create a run: ConnectionAborted after 1 attempt " in create
     assert lookups == 3
-    assert "did not find the experiment: ConnectionAborted after 3 attempts" in str(lookup.value)
+    assert "did not find the experiment: ConnectionAborted after 3 attempts" in lookup
 
 
 def test_request_timeout_and_retries_are_configurable() -> None:
@@ -252,19 +259,15 @@ def test_request_timeout_and_retries_are_configurable() -> None:
         raise AssertionError("the body must not run")
 
     try:
-        with pytest.raises(TrackingRequestError) as lookup:
-            by_name()
-        lookups = listener.connections
-        with pytest.raises(TrackingRequestError) as create:
-            by_id()
-        creates = listener.connections - lookups
+        lookups, lookup = listener.failed_call(by_name)
+        creates, create = listener.failed_call(by_id)
     finally:
         listener.close()
     assert lookups == 2
-    assert "find the experiment: ReadTimeout after 2 attempts" in str(lookup.value)
-    assert "request_timeout=0.3s, request_retries=1" in str(lookup.value)
+    assert "find the experiment: ReadTimeout after 2 attempts" in lookup
+    assert "request_timeout=0.3s, request_retries=1" in lookup
     assert creates == 1
-    assert "create a run: ReadTimeout after 1 attempt " in str(create.value)
+    assert "create a run: ReadTimeout after 1 attempt " in create
 
 
 def test_silent_server_worst_case_under_default_policy() -> None:
@@ -277,14 +280,13 @@ def test_silent_server_worst_case_under_default_policy() -> None:
 
     started = time.monotonic()
     try:
-        with pytest.raises(TrackingRequestError) as caught:
-            train()
+        connections, error = listener.failed_call(train)
     finally:
         listener.close()
     print(f"\nsilent server, default policy: error after {time.monotonic() - started:.2f}s")
-    assert listener.connections == 3
-    assert "request_timeout=4s, request_retries=2" in str(caught.value)
-    assert f"127.0.0.1:{listener.port}" in str(caught.value)
+    assert connections == 3
+    assert "request_timeout=4s, request_retries=2" in error
+    assert f"127.0.0.1:{listener.port}" in error
 
 
 def test_a_calls_budget_is_its_worst_case() -> None:

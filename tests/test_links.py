@@ -20,7 +20,8 @@ from flyte._persistence._run_store import RunStore
 from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="links-tests")
 
@@ -33,46 +34,40 @@ nested_tracker = MlflowRun(run_mode="nested")
 new_tracker = MlflowRun(run_mode="new")
 
 
-def _run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None
-    return str(run.info.run_id)
-
-
 @mlflow_run
 @env.task(links=(Mlflow(),))
 async def auto_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
 @env.task(links=(Mlflow(),))
 async def new_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
 @env.task(links=(Mlflow(),))
 async def nested_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task(links=(Mlflow(link=EXPLICIT),))
 async def explicit_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task(links=(shared_link,))
 async def shared_auto_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
 @env.task(links=(shared_link,))
 async def shared_nested_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @env.task(links=(nested_tracker.link(),))
@@ -88,14 +83,14 @@ async def plain_new_linked() -> str:
 @nested_tracker
 @env.task(links=(nested_tracker.link(),))
 async def tracker_nested_child() -> str:
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def parent() -> dict[str, str]:
     return {
-        "parent": _run_id(),
+        "parent": own_run_id(),
         "auto": await auto_child(),
         "new": await new_child(),
         "nested": await nested_child(),
@@ -107,7 +102,7 @@ async def parent() -> dict[str, str]:
 @env.task
 async def shared_parent() -> dict[str, str]:
     return {
-        "parent": _run_id(),
+        "parent": own_run_id(),
         "auto": await shared_auto_child(),
         "nested": await shared_nested_child(),
     }
@@ -117,7 +112,7 @@ async def shared_parent() -> dict[str, str]:
 @env.task
 async def tracker_link_parent() -> dict[str, str]:
     return {
-        "parent": _run_id(),
+        "parent": own_run_id(),
         "plain_nested": await plain_nested_linked(),
         "plain_new": await plain_new_linked(),
         "tracker_nested": await tracker_nested_child(),
@@ -129,13 +124,13 @@ async def tracker_link_parent() -> dict[str, str]:
 async def scoped_parent() -> dict[str, str]:
     with mlflow_config(run_mode="new"):
         child = await auto_child()
-    return {"parent": _run_id(), "scoped": child}
+    return {"parent": own_run_id(), "scoped": child}
 
 
 @mlflow_run(link_host=HOST + "/tracker/")
 @env.task
 async def tracker_host_parent() -> dict[str, str]:
-    return {"parent": _run_id(), "auto": await auto_child()}
+    return {"parent": own_run_id(), "auto": await auto_child()}
 
 
 @env.task

@@ -20,9 +20,9 @@ from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._server import MAX_CONCURRENT_REQUESTS
-from tests.support import MlflowServer, Relay
+from tests.support import MlflowServer, Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="load")
 
@@ -34,20 +34,13 @@ PLUGIN_PATHS = ("/runs/create", "/runs/update")
 _ANSWERED = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)[^"]*" (\d{3})')
 
 
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None
-    run_id: str = run.info.run_id
-    return run_id
-
-
 @mlflow_run(run_mode="nested")
 @env.task
 async def nested_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     await asyncio.sleep(0)
     mlflow.log_metric("score", float(i))
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
@@ -56,7 +49,7 @@ async def new_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     await asyncio.sleep(0)
     mlflow.log_metric("score", float(i))
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
@@ -64,14 +57,14 @@ async def new_trial(i: int) -> str:
 def sync_trial(i: int) -> str:
     mlflow.log_param("trial", i)
     mlflow.log_metric("score", float(i))
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def big_study(n: int) -> list[str]:
     ids = await asyncio.gather(*(nested_trial(i) for i in range(n)))
-    return [_own_run_id(), *ids]
+    return [own_run_id(), *ids]
 
 
 @mlflow_run
@@ -79,7 +72,7 @@ async def big_study(n: int) -> list[str]:
 async def mixed_study(n_new: int, n_sync: int) -> list[str]:
     new_ids = asyncio.gather(*(new_trial(i) for i in range(n_new)))
     sync_ids = asyncio.gather(*(sync_trial.aio(i) for i in range(n_sync)))
-    return [_own_run_id(), *(await new_ids), *(await sync_ids)]
+    return [own_run_id(), *(await new_ids), *(await sync_ids)]
 
 
 @pytest.fixture

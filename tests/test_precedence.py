@@ -29,19 +29,13 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-precedence")
 
 PARENT_TAG = "mlflow.parentRunId"
 TRACKER_STORE = "sqlite:///e2e-precedence-tracker.db"  # relative: lands in the test's own directory
 TRACKER_EXPERIMENT = "e2e-precedence-tracker-experiment"
-
-
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None, "no MLflow run inside a tracked task"
-    run_id: str = run.info.run_id
-    return run_id
 
 
 def _settings() -> str:
@@ -63,25 +57,25 @@ def _unreachable_uri() -> str:
 @mlflow_run
 @env.task
 async def auto_child() -> str:
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
 @env.task
 async def explicit_new_child() -> str:
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
 @env.task
 async def explicit_nested_child() -> str:
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def mode_parent() -> dict[str, str]:
-    out = {"parent": _own_run_id(), "plain": await auto_child()}
+    out = {"parent": own_run_id(), "plain": await auto_child()}
     with mlflow_config(run_mode="new"):
         out["ctx_new"] = await auto_child()
         out["ctx_new_tracker_nested"] = await explicit_nested_child()
@@ -98,7 +92,7 @@ async def mode_parent() -> dict[str, str]:
 @env.task
 async def workflow_mode_parent() -> dict[str, str]:
     return {
-        "parent": _own_run_id(),
+        "parent": own_run_id(),
         "auto": await auto_child(),
         "new": await explicit_new_child(),
     }
@@ -111,7 +105,7 @@ async def workflow_mode_parent() -> dict[str, str]:
 @env.task
 async def tagged() -> dict[str, str]:
     action = flyte.ctx().action
-    return {"run_id": _own_run_id(), "action_name": action.name, "run_name": action.run_name or ""}
+    return {"run_id": own_run_id(), "action_name": action.name, "run_name": action.run_name or ""}
 
 
 @mlflow_run
@@ -143,7 +137,7 @@ async def in_project() -> dict[str, str]:
 @MlflowRun(tracking_uri=TRACKER_STORE, experiment_id="0")
 @env.task
 async def on_tracker_store() -> list[str]:
-    return [_own_run_id(), mlflow.get_tracking_uri(), _settings()]
+    return [own_run_id(), mlflow.get_tracking_uri(), _settings()]
 
 
 @mlflow_run
@@ -157,7 +151,7 @@ async def on_resolved_store() -> list[str]:
 @MlflowRun(experiment_name=TRACKER_EXPERIMENT)
 @env.task
 async def on_tracker_experiment() -> str:
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
@@ -165,7 +159,7 @@ async def on_tracker_experiment() -> str:
 async def block_experiment_parent(name: str) -> list[str]:
     with mlflow_config(experiment_name=name):
         scoped = await explicit_new_child()
-    return [_own_run_id(), scoped, await explicit_new_child()]
+    return [own_run_id(), scoped, await explicit_new_child()]
 
 
 # --- the context itself ------------------------------------------------------------------------
@@ -174,7 +168,7 @@ async def block_experiment_parent(name: str) -> list[str]:
 @mlflow_run
 @env.task
 async def scoped_settings() -> dict[str, str]:
-    out = {"parent": _own_run_id(), "before": _settings()}
+    out = {"parent": own_run_id(), "before": _settings()}
     with mlflow_config(run_mode="new", tags={"scope": "outer"}):
         out["inside"] = _settings()
         with mlflow_config(experiment_name="inner-experiment", tags={"level": "inner"}):
@@ -215,7 +209,7 @@ async def read_context_tracked() -> str:
 @mlflow_run
 @env.task
 async def lone() -> str:
-    return _own_run_id()
+    return own_run_id()
 
 
 # --- tests: run mode ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="attempts")
 
@@ -34,13 +35,6 @@ def _attempt(counter: str) -> int:
     return n
 
 
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None
-    run_id: str = run.info.run_id
-    return run_id
-
-
 @mlflow_run
 @env.task(retries=2)
 async def flaky(counter: str, failures: int) -> str:
@@ -48,7 +42,7 @@ async def flaky(counter: str, failures: int) -> str:
     mlflow.log_param("attempt", n)
     if n <= failures:
         raise ValueError(f"attempt {n} fails on purpose")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
@@ -58,7 +52,7 @@ async def nested_flaky(counter: str, failures: int) -> str:
     mlflow.log_param("attempt", n)
     if n <= failures:
         raise ValueError(f"attempt {n} fails on purpose")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
@@ -68,7 +62,7 @@ def nested_sync_flaky(counter: str, failures: int) -> str:
     mlflow.log_param("attempt", n)
     if n <= failures:
         raise ValueError(f"attempt {n} fails on purpose")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
@@ -76,7 +70,7 @@ def nested_sync_flaky(counter: str, failures: int) -> str:
 async def study(failures: int) -> list[str]:
     first = await nested_flaky("async-child", failures)
     second = await nested_sync_flaky.aio("sync-child", failures)
-    return [_own_run_id(), first, second]
+    return [own_run_id(), first, second]
 
 
 def _run(task: TaskTemplate[Any, Any, Any], experiment_id: str, tracking_uri: str, **inputs: Any) -> Any:

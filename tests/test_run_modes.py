@@ -18,18 +18,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-run-modes")
 other_env = flyte.TaskEnvironment(name="e2e-run-modes-other")
 
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None, "no MLflow run inside a tracked call"
-    run_id: str = run.info.run_id
-    return run_id
 
 
 def _active_run_id() -> str:
@@ -52,23 +46,23 @@ def _status(run_id: str) -> str:
 @env.task
 async def auto_child(value: float) -> str:
     mlflow.log_metric("child_metric", value)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
 @env.task
 async def new_child() -> str:
-    assert _active_run_id() == _own_run_id()
+    assert _active_run_id() == own_run_id()
     mlflow.log_param("kind", "new")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
 @env.task
 async def nested_child() -> str:
-    assert _active_run_id() == _own_run_id()
+    assert _active_run_id() == own_run_id()
     mlflow.log_param("kind", "nested")
-    return _own_run_id()
+    return own_run_id()
 
 
 def _report(
@@ -90,7 +84,7 @@ def _report(
 @env.task
 async def async_parent() -> dict[str, str]:
     mlflow.log_param("stage", "parent")
-    own = _own_run_id()
+    own = own_run_id()
     shared = await auto_child(1.0)
     status_after_auto = _status(own)
     new = await new_child()
@@ -107,30 +101,30 @@ async def async_parent() -> dict[str, str]:
 @env.task
 def sync_auto_child(value: float) -> str:
     mlflow.log_metric("child_metric", value)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="new")
 @env.task
 def sync_new_child() -> str:
-    assert _active_run_id() == _own_run_id()
+    assert _active_run_id() == own_run_id()
     mlflow.log_param("kind", "new")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run(run_mode="nested")
 @env.task
 def sync_nested_child() -> str:
-    assert _active_run_id() == _own_run_id()
+    assert _active_run_id() == own_run_id()
     mlflow.log_param("kind", "nested")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 def sync_parent() -> dict[str, str]:
     mlflow.log_param("stage", "parent")
-    own = _own_run_id()
+    own = own_run_id()
     shared = sync_auto_child(1.0)
     status_after_auto = _status(own)
     new = sync_new_child()
@@ -144,7 +138,7 @@ def sync_parent() -> dict[str, str]:
 @env.task
 async def mixed_parent() -> list[str]:
     """An async parent with sync children, which Flyte runs in worker threads."""
-    own = _own_run_id()
+    own = own_run_id()
     shared = await sync_auto_child.aio(3.0)
     nested = await sync_nested_child.aio()
     return [own, shared, nested, _status(own)]
@@ -154,14 +148,14 @@ async def mixed_parent() -> list[str]:
 @env.task
 async def lone_auto() -> str:
     mlflow.log_param("alone", "yes")
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 def lone_auto_sync() -> str:
     mlflow.log_param("alone", "yes")
-    return _own_run_id()
+    return own_run_id()
 
 
 # --- one tracker, two environments -------------------------------------------------------------
@@ -173,27 +167,27 @@ nested_tracker = MlflowRun(run_mode=RunMode.NESTED, tags={"via": "tracker"})
 @env.task
 async def tracked_in_env(i: int) -> str:
     mlflow.log_param("task", f"env-{i}")
-    return _own_run_id()
+    return own_run_id()
 
 
 @nested_tracker
 @other_env.task
 async def tracked_in_other_env(i: int) -> str:
     mlflow.log_param("task", f"other-{i}")
-    return _own_run_id()
+    return own_run_id()
 
 
 @nested_tracker
 @other_env.task
 def tracked_sync_in_other_env(i: int) -> str:
     mlflow.log_param("task", f"sync-{i}")
-    return _own_run_id()
+    return own_run_id()
 
 
 @MlflowRun()
 @env.task
 async def tracker_parent() -> list[str]:
-    ids = [_own_run_id()]
+    ids = [own_run_id()]
     for i in range(2):
         ids.append(await tracked_in_env(i))
         ids.append(await tracked_in_other_env(i))
@@ -343,22 +337,22 @@ def test_plain_functions_nest_and_share(
     @mlflow_run(tracking_uri=tracking_uri, experiment_id=experiment[1], run_mode="nested")
     def nested_fn(x: int) -> str:
         mlflow.log_param("nested_x", x)
-        return _own_run_id()
+        return own_run_id()
 
     @mlflow_run(tracking_uri=tracking_uri, experiment_id=experiment[1], run_mode="new")
     def new_fn() -> str:
         mlflow.log_param("new", "yes")
-        return _own_run_id()
+        return own_run_id()
 
     @tracked
     def inner(x: int) -> str:
         mlflow.log_metric("inner", x)
-        assert _active_run_id() == _own_run_id()
-        return _own_run_id()
+        assert _active_run_id() == own_run_id()
+        return own_run_id()
 
     @tracked
     def outer() -> list[str]:
-        own = _own_run_id()
+        own = own_run_id()
         shared = inner(5)
         still_running = _status(own)
         mlflow.log_metric("outer", 1.0)
@@ -389,18 +383,18 @@ def test_plain_async_functions_nest_and_share(
     @tracked
     async def inner() -> str:
         mlflow.log_metric("inner", 1.0)
-        return _own_run_id()
+        return own_run_id()
 
     @nested
     async def trial(i: int) -> str:
         mlflow.log_param("trial", i)
         await asyncio.sleep(0)
         mlflow.log_metric("score", i)
-        return _own_run_id()
+        return own_run_id()
 
     @tracked
     async def outer() -> list[str]:
-        own = _own_run_id()
+        own = own_run_id()
         shared = await inner()
         trials = await asyncio.gather(*(trial(i) for i in range(4)))
         return [own, shared, *trials]
@@ -427,13 +421,13 @@ class Trainer:
     def fit(self, epochs: int) -> str:
         mlflow.log_param("trainer", self.name)
         mlflow.log_metric("epochs", epochs)
-        return _own_run_id()
+        return own_run_id()
 
     async def afit(self, epochs: int) -> str:
         mlflow.log_param("trainer", self.name)
         await asyncio.sleep(0)
         mlflow.log_metric("epochs", epochs)
-        return _own_run_id()
+        return own_run_id()
 
 
 def test_decorated_methods(tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]) -> None:

@@ -8,36 +8,31 @@ import flyte
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="smoke")
-
-
-def _run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None
-    return str(run.info.run_id)
 
 
 @mlflow_run(run_mode="nested")
 @env.task
 async def trial(i: int) -> str:
     mlflow.log_param("i", i)
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def shared() -> str:
     mlflow.log_metric("shared", 1.0)
-    return _run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def parent(n: int) -> list[str]:
     ids = await asyncio.gather(*(trial(i) for i in range(n)))
-    return [_run_id(), await shared(), *ids]
+    return [own_run_id(), await shared(), *ids]
 
 
 def test_parent_shared_and_nested(

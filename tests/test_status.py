@@ -18,7 +18,8 @@ from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import MlflowRun, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
+from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-status")
 
@@ -27,13 +28,6 @@ PARENT_TAG = "mlflow.parentRunId"
 # Labels of the sleeping children that have started their run; the parent waits for its child's label
 # before cancelling it, so the cancellation always lands inside the child's run.
 _STARTED: set[str] = set()
-
-
-def _own_run_id() -> str:
-    run = get_mlflow_run()
-    assert run is not None, "no MLflow run inside a tracked task"
-    run_id: str = run.info.run_id
-    return run_id
 
 
 def _status(run_id: str) -> str:
@@ -58,14 +52,14 @@ async def _wait_started(label: str) -> None:
 @env.task
 async def succeeds() -> str:
     mlflow.log_metric("done", 1.0)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 def succeeds_sync() -> str:
     mlflow.log_metric("done", 1.0)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
@@ -113,10 +107,10 @@ async def cancelling_parent(token: str) -> dict[str, str]:
         timeout_outcome = "timed out"
     mlflow.log_metric("after_cancel", 1.0)
     return {
-        "parent": _own_run_id(),
+        "parent": own_run_id(),
         "cancel": cancel_outcome,
         "timeout": timeout_outcome,
-        "status_after": _status(_own_run_id()),
+        "status_after": _status(own_run_id()),
     }
 
 
@@ -138,7 +132,7 @@ def failing_auto_child_sync() -> str:
 @env.task
 async def forgiving_parent() -> list[str]:
     """Catch the shared child's failure and carry on: the parent decides its own status."""
-    own = _own_run_id()
+    own = own_run_id()
     try:
         await failing_auto_child()
         error = "none"
@@ -152,7 +146,7 @@ async def forgiving_parent() -> list[str]:
 @mlflow_run
 @env.task
 def forgiving_parent_sync() -> list[str]:
-    own = _own_run_id()
+    own = own_run_id()
     try:
         failing_auto_child_sync()
         error = "none"
@@ -180,14 +174,14 @@ async def sibling(i: int) -> str:
     if i == 2:
         raise ValueError("sibling-2-boom")
     mlflow.log_metric("score", i)
-    return _own_run_id()
+    return own_run_id()
 
 
 @mlflow_run
 @env.task
 async def siblings_parent(n: int) -> list[str]:
     results = await asyncio.gather(*(sibling(i) for i in range(n)), return_exceptions=True)
-    return [_own_run_id(), *(r if isinstance(r, str) else f"error: {r}" for r in results)]
+    return [own_run_id(), *(r if isinstance(r, str) else f"error: {r}" for r in results)]
 
 
 # --- helpers for the checks --------------------------------------------------------------------
@@ -280,7 +274,7 @@ def test_cancelled_coroutine_is_killed(
 
     @tracker
     async def work(started: asyncio.Event) -> None:
-        seen.append(_own_run_id())
+        seen.append(own_run_id())
         started.set()
         await asyncio.sleep(3600)
 

@@ -92,9 +92,12 @@ class Transport:
         )
 
     def request(
-        self, creds: MlflowHostCreds, endpoint: str, method: str, body: dict[str, Any], timeout: float
+        self, creds: MlflowHostCreds, endpoint: str, method: str, payload: dict[str, Any], timeout: float
     ) -> requests.Response:
-        """Send one request with the credentials and TLS settings in ``creds``; no retries."""
+        """Send one request with the credentials and TLS settings in ``creds``; no retries.
+
+        ``payload`` is the body as ``requests`` takes it: ``{"params": ...}`` or ``{"json": ...}``.
+        """
         headers = dict(self.headers)
         netrc = None
         if creds.username and creds.password:
@@ -105,7 +108,6 @@ class Transport:
         else:
             netrc = self.netrc
         verify = creds.verify if creds.verify is not True else self.verify
-        payload: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
         return self.session.request(
             method,
             self.base + endpoint,
@@ -136,8 +138,8 @@ def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: fl
         mlflow.exceptions.MlflowException: the same, from MLflow's ``http_request``.
     """
     creds = get_default_host_creds(uri)
+    payload: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
     if not is_plain(creds):
-        payload: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
         response: requests.Response = http_request(
             creds,
             endpoint,
@@ -149,4 +151,4 @@ def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: fl
             **payload,
         )
         return response
-    return _transport(creds.host, os.getpid()).request(creds, endpoint, method, body, timeout)
+    return _transport(creds.host, os.getpid()).request(creds, endpoint, method, payload, timeout)
