@@ -6,7 +6,7 @@ classes they build (``MlflowRun``, ``MlflowConfig``).
 
 from flyteplugins.mlflow import _runstack  # noqa: F401  (installs the per-context run stack, checked)
 from flyteplugins.mlflow._api import get_mlflow_context, get_mlflow_run, mlflow_config, mlflow_run
-from flyteplugins.mlflow._config import MlflowConfig, OnTrackingError, RunMode
+from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, RunMode
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._link import Mlflow
 from flyteplugins.mlflow._run import MlflowRun
@@ -16,6 +16,7 @@ __all__ = [
     "MlflowConfig",
     "MlflowRun",
     "MlflowTrackingError",
+    "OnRetry",
     "OnTrackingError",
     "RunMode",
     "TrackingRequestError",

@@ -9,7 +9,7 @@ from flyte.extend import TaskTemplate
 from typing_extensions import ParamSpec, Unpack
 
 from flyteplugins.mlflow import _context, _lifecycle
-from flyteplugins.mlflow._config import START_RUN_KWARGS, MlflowConfig, OnTrackingError, RunMode
+from flyteplugins.mlflow._config import START_RUN_KWARGS, MlflowConfig, OnRetry, OnTrackingError, RunMode
 from flyteplugins.mlflow._run import MlflowRun
 from mlflow.tracking.fluent import ActiveRun
 
@@ -49,6 +49,7 @@ class ConfigOptions(TypedDict, total=False):
     link_template: str | None
     on_tracking_error: OnTrackingError | Literal["raise", "warn"]
     async_logging: bool
+    on_retry: OnRetry | Literal["new", "resume"]
     request_timeout: float | None
     request_retries: int | None
     description: str

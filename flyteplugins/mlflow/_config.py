@@ -27,12 +27,14 @@ __all__ = [
     "CONTEXT_PREFIX",
     "MlflowConfig",
     "MlflowTrackingSettings",
+    "OnRetry",
     "OnTrackingError",
     "RunMode",
     "decode",
     "encode",
     "freeze",
     "thaw",
+    "to_on_retry",
     "to_on_tracking_error",
     "to_run_mode",
 ]
@@ -74,6 +76,23 @@ class OnTrackingError(str, enum.Enum):
         return self.value
 
 
+class OnRetry(str, enum.Enum):
+    """What a retried task does with the runs that its earlier attempts left.
+
+    A retry is a Flyte attempt after the first (``flyte.ctx().attempt_number > 0``) or a restart of
+    PyTorch elastic workers (``TORCHELASTIC_RESTART_COUNT > 0``). ``NEW`` gives the retry a run of
+    its own: an earlier run still ``RUNNING`` is marked ``KILLED``, and the new run and the one it
+    replaces are tagged with each other's ids. ``RESUME`` reopens the latest earlier attempt's run,
+    so a training that resumes from a checkpoint keeps one run and one metric history.
+    """
+
+    NEW = "new"
+    RESUME = "resume"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -109,6 +128,16 @@ def to_on_tracking_error(value: OnTrackingError | str) -> OnTrackingError:
         TypeError: the value is neither a string nor an ``OnTrackingError``.
     """
     return _to_enum(OnTrackingError, "on_tracking_error", value)
+
+
+def to_on_retry(value: OnRetry | str) -> OnRetry:
+    """Convert a retry policy given as an :class:`OnRetry` or its string value.
+
+    Raises:
+        ValueError: the string is not a retry policy; the message lists the valid ones.
+        TypeError: the value is neither a string nor an ``OnRetry``.
+    """
+    return _to_enum(OnRetry, "on_retry", value)
 
 
 # --- frozen JSON-like values -------------------------------------------------------------------
@@ -414,6 +443,7 @@ class MlflowTrackingSettings:
         default=OnTrackingError.RAISE, converter=to_on_tracking_error
     )
     async_logging: bool = attrs.field(default=False, validator=_bool)
+    on_retry: OnRetry = attrs.field(default=OnRetry.NEW, converter=to_on_retry)
     request_timeout: float | None = attrs.field(default=None, validator=_positive_float)
     request_retries: int | None = attrs.field(default=None, validator=_retries)
 
@@ -496,6 +526,7 @@ class _Kind(enum.Enum):
     OPTIONAL_FLAG = "'true', 'false' or '' (unset)"
     MODE = "a run mode"
     POLICY = "an error policy"
+    RETRY = "a retry policy"
     MAPPING = "a JSON object"
     SECONDS = "a positive number"
     COUNT = "a whole number"
@@ -511,6 +542,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "run_kwargs": _Kind.MAPPING,
     "on_tracking_error": _Kind.POLICY,
     "async_logging": _Kind.FLAG,
+    "on_retry": _Kind.RETRY,
     "request_timeout": _Kind.SECONDS,
     "request_retries": _Kind.COUNT,
 }
@@ -527,7 +559,7 @@ def _is_unset(name: str, value: object) -> bool:
 def _encode_value(kind: _Kind, value: Any) -> str:
     if kind in (_Kind.FLAG, _Kind.OPTIONAL_FLAG):
         return "true" if value else "false"
-    if kind in (_Kind.MODE, _Kind.POLICY):
+    if kind in (_Kind.MODE, _Kind.POLICY, _Kind.RETRY):
         return str(value.value)
     if kind is _Kind.MAPPING:
         return json.dumps(thaw(value), sort_keys=True, separators=(",", ":"))
@@ -558,6 +590,8 @@ def _decode_value(key: str, kind: _Kind, text: str) -> object:
         return to_run_mode(text or RunMode.AUTO)
     elif kind is _Kind.POLICY:
         return to_on_tracking_error(text or OnTrackingError.RAISE)
+    elif kind is _Kind.RETRY:
+        return to_on_retry(text or OnRetry.NEW)
     elif kind is _Kind.MAPPING:
         if text == "":
             return None

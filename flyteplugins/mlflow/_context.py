@@ -18,6 +18,7 @@ import contextvars
 import json
 import os
 from collections.abc import Iterator, Mapping
+from typing import Final
 
 import attrs
 import flyte
@@ -28,12 +29,14 @@ __all__ = [
     "PARENT_EXPERIMENT_KEY",
     "PARENT_RUN_KEY",
     "RESOLVED_EXPERIMENTS_KEY",
+    "ROOT_ACTION_KEY",
     "Inherited",
     "TaskSnapshot",
     "children_scope",
     "current_config",
     "current_task",
     "enter_scope",
+    "env_rank",
     "exit_scope",
     "snapshot",
 ]
@@ -41,15 +44,18 @@ __all__ = [
 PARENT_RUN_KEY = CONTEXT_PREFIX + "parent_run_id"
 PARENT_EXPERIMENT_KEY = CONTEXT_PREFIX + "parent_experiment_id"
 RESOLVED_EXPERIMENTS_KEY = CONTEXT_PREFIX + "experiment_ids"
+ROOT_ACTION_KEY = CONTEXT_PREFIX + "root_action"
 
 
 @attrs.frozen
 class Inherited:
-    """What the calling task's run passes down: its run and experiment, and resolved experiment names."""
+    """What the calling task's run passes down: its run and experiment, resolved experiment names, and
+    the Flyte action of the workflow's root run (whose end sweeps the runs left ``RUNNING`` under it)."""
 
     run_id: str | None = None
     experiment_id: str | None = None
     experiment_ids: Mapping[str, str] = attrs.field(factory=dict)
+    root_action: str | None = None
 
     @classmethod
     def from_context(cls, context: Mapping[str, str]) -> Inherited:
@@ -72,6 +78,7 @@ class Inherited:
             run_id=context.get(PARENT_RUN_KEY) or None,
             experiment_id=context.get(PARENT_EXPERIMENT_KEY) or None,
             experiment_ids=resolved,
+            root_action=context.get(ROOT_ACTION_KEY) or None,
         )
 
 
@@ -85,29 +92,69 @@ class TaskSnapshot:
     flyte_tags: Mapping[str, str] = attrs.field(factory=dict)
     attempt: int | None = None
     env_rank: int | None = None
+    restart: int = 0
+    action_id: str | None = None
+
+    @property
+    def retried(self) -> bool:
+        """Whether this is a retry: a Flyte attempt after the first, or a restart of elastic workers."""
+        return bool(self.attempt) or self.restart > 0
+
+    @property
+    def attempt_label(self) -> str | None:
+        """This attempt's name on a run: ``"2"`` for Flyte attempt 2, ``"2.1"`` after one elastic restart."""
+        if self.attempt is None:
+            return None
+        return f"{self.attempt}.{self.restart}" if self.restart else str(self.attempt)
 
 
-def _env_rank() -> int | None:
-    raw = os.environ.get("RANK")
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        msg = f"the RANK environment variable must be an integer, got {raw!r}"
-        raise ValueError(msg) from None
+        value = -1
+    if value < 0:
+        msg = f"the {name} environment variable must be a whole number (0 or more), got {raw!r}"
+        raise ValueError(msg)
+    return value
+
+
+RANK_VARIABLES: Final = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+"""Where a process's rank is read from, in this order: PyTorch's launchers, SLURM, Open MPI, MPICH and
+Intel MPI. The first one that is set (and not empty) decides."""
+
+
+def env_rank() -> int | None:
+    """This process's rank from the environment (:data:`RANK_VARIABLES`), or ``None`` if none is set.
+
+    Raises:
+        ValueError: the first variable set is not a whole number; the message names it and its value.
+    """
+    for name in RANK_VARIABLES:
+        value = _env_int(name)
+        if value is not None:
+            return value
+    return None
+
+
+_env_rank = env_rank
 
 
 def snapshot() -> TaskSnapshot:
     """Read the current task's context.
 
     Raises:
-        ValueError: a malformed ``mlflow_*`` entry in ``custom_context``, or a non-integer ``RANK``.
+        ValueError: a malformed ``mlflow_*`` entry in ``custom_context``, or a malformed ``RANK`` or
+            ``TORCHELASTIC_RESTART_COUNT``.
     """
     rank = _env_rank()
     tctx = flyte.ctx()
     if not tctx:
         return TaskSnapshot(env_rank=rank)
+    restart = _env_int("TORCHELASTIC_RESTART_COUNT") or 0
     context = tctx.custom_context or {}
     action = tctx.task_action or tctx.action
     tags = {
@@ -123,6 +170,10 @@ def snapshot() -> TaskSnapshot:
         flyte_tags={k: v for k, v in tags.items() if v},
         attempt=tctx.attempt_number,
         env_rank=rank,
+        restart=restart,
+        action_id="/".join(
+            str(part or "") for part in (action.project, action.domain, action.run_name, action.name)
+        ),
     )
 
 

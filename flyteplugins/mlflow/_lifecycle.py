@@ -37,11 +37,12 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _mlflow_state, _runstack, _signals
+from flyteplugins.mlflow import _mlflow_state, _retries, _runstack, _signals, _sweep
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
     MlflowConfig,
     MlflowTrackingSettings,
+    OnRetry,
     OnTrackingError,
     RunMode,
 )
@@ -49,6 +50,7 @@ from flyteplugins.mlflow._context import (
     PARENT_EXPERIMENT_KEY,
     PARENT_RUN_KEY,
     RESOLVED_EXPERIMENTS_KEY,
+    ROOT_ACTION_KEY,
     Inherited,
     TaskSnapshot,
     children_scope,
@@ -57,7 +59,7 @@ from flyteplugins.mlflow._context import (
 )
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
 from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, describe, server_for
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking.fluent import ActiveRun
 
 __all__ = ["Plan", "begin", "bound", "call_async", "call_sync", "current_run", "end", "plan"]
@@ -103,7 +105,12 @@ def _local_run() -> ActiveRun | None:
 @attrs.frozen
 class Plan:
     """What one tracked call will do. ``share``: log into ``run_id``; ``resume``: reopen ``run_id``;
-    ``create``: a new run, under ``parent_run_id`` when nested."""
+    ``create``: a new run, under ``parent_run_id`` when nested.
+
+    ``retry`` is set on a retried attempt that creates the task's own run: the earlier attempts' runs
+    are looked up and resumed or replaced (see :mod:`flyteplugins.mlflow._retries`). ``sweep_root``
+    is set on a workflow's root: when the call ends, runs left ``RUNNING`` under it are swept (see
+    :mod:`flyteplugins.mlflow._sweep`)."""
 
     action: str
     tracking_uri: str
@@ -120,6 +127,8 @@ class Plan:
     async_logging: bool = False
     resolved_experiments: Mapping[str, str] = attrs.field(factory=dict)
     passed_down: Mapping[str, str] = attrs.field(factory=dict)
+    retry: OnRetry | None = None
+    sweep_root: str | None = None
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -167,11 +176,20 @@ def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
     )
 
 
-def plan(own: MlflowTrackingSettings, rank: int | None, snap: TaskSnapshot, default_uri: str) -> Plan | None:
+def plan(
+    own: MlflowTrackingSettings,
+    rank: int | None,
+    snap: TaskSnapshot,
+    default_uri: str,
+    *,
+    outermost: bool = True,
+) -> Plan | None:
     """Decide what a tracked call does, from the tracker's settings and the task's context.
 
     Precedence: the tracker's settings, then the context's, then ``MLFLOW_TRACKING_URI`` (already in
     ``default_uri``), then MLflow's defaults. A tracker's ``AUTO`` run mode defers to the context.
+    ``outermost`` says that no tracked call of the same task is running around this one: only such a
+    call's run is the task's own, the one that retries look up.
 
     Returns:
         The plan, or ``None`` when this process's rank is not 0 and must not log.
@@ -212,6 +230,19 @@ def plan(own: MlflowTrackingSettings, rank: int | None, snap: TaskSnapshot, defa
         action = "create"
         if mode is RunMode.NESTED and parent is not None:
             tags[PARENT_TAG] = parent
+    retry: OnRetry | None = None
+    sweep_root: str | None = None
+    if snap.in_task and snap.action_id is not None:
+        if snap.inherited.root_action is not None:
+            tags[_sweep.ROOT_TAG] = snap.inherited.root_action
+        elif outermost and action != "share" and parent is None:
+            sweep_root = snap.action_id
+            passed_down[ROOT_ACTION_KEY] = snap.action_id
+        if outermost and action == "create":
+            tags[_retries.ACTION_TAG] = snap.action_id
+            tags[_retries.ATTEMPTS_TAG] = snap.attempt_label or "0"
+            if snap.retried:
+                retry = own.on_retry if own.on_retry is not OnRetry.NEW else ctx.on_retry
     experiment_id, experiment_name = _experiment(own, ctx, mode, snap) if action == "create" else (None, None)
     return Plan(
         action=action,
@@ -233,6 +264,8 @@ def plan(own: MlflowTrackingSettings, rank: int | None, snap: TaskSnapshot, defa
         async_logging=own.async_logging or ctx.async_logging,
         resolved_experiments=snap.inherited.experiment_ids,
         passed_down=passed_down,
+        retry=retry,
+        sweep_root=sweep_root,
     )
 
 
@@ -317,7 +350,15 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
                 if p.experiment_name:
                     known[p.experiment_name] = experiment_id
             tags = {**_source_tags(), **p.tags}
-            run = ActiveRun(server.create_run(experiment_id, p.run_name, tags, _now_ms()))
+            run_name = p.run_name
+
+            def create(with_tags: Mapping[str, str]) -> Run:
+                return server.create_run(experiment_id, run_name, with_tags, _now_ms())
+
+            if p.retry is None:
+                run = ActiveRun(create(tags))
+            else:
+                run = ActiveRun(_retries.open_retry(server, p.retry, experiment_id, tags, create, _now_ms))
         _mlflow_state.use_experiment(run.info.experiment_id)
     except BaseException:
         _mlflow_state.release(p.autolog, p.async_logging)
@@ -396,6 +437,9 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
             leftovers = [r for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
             for run in reversed(leftovers):
                 server.set_status(run.info.run_id, status, _now_ms(), policy)
+            if owned and opened.plan.sweep_root is not None:
+                info = opened.run.info
+                _sweep.sweep(server, info.experiment_id, opened.plan.sweep_root, info.run_id, _now_ms())
             if owned:
                 server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
     finally:
@@ -408,13 +452,12 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
     import mlflow
 
-    _signals.install()  # no-op unless this is the main thread and it is not installed yet
     snap = snapshot()
     outer = _local_run()
     if not snap.in_task and outer is not None:
         # Outside Flyte, a tracked function called by another one inherits its run directly.
         snap = attrs.evolve(snap, inherited=Inherited(outer.info.run_id, outer.info.experiment_id))
-    return plan(own, rank, snap, mlflow.get_tracking_uri())
+    return plan(own, rank, snap, mlflow.get_tracking_uri(), outermost=current_run() is None)
 
 
 def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:

@@ -45,7 +45,8 @@ class MlflowRun(MlflowTrackingSettings):
     the active run of that call only, and ends it with ``FINISHED``, ``FAILED`` or ``KILLED``.
 
     Args:
-        rank: this process's rank in distributed training; only rank 0 logs. ``None`` reads ``RANK``.
+        rank: this process's rank in distributed training; only rank 0 logs. ``None`` reads it from
+            the environment: ``RANK``, then ``SLURM_PROCID``, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``.
 
     Raises:
         ValueError: conflicting or invalid settings.
@@ -66,7 +67,9 @@ class MlflowRun(MlflowTrackingSettings):
         Raises:
             TypeError: the target is neither a function task nor a callable.
         """
-        _signals.install()  # SIGTERM marks open runs KILLED; decorating usually runs on the main thread
+        _signals.install(
+            self.rank
+        )  # SIGTERM marks open runs KILLED; decorating usually runs on the main thread
         if isinstance(target, TaskTemplate):
             return self._decorate_task(target)
         if callable(target):

@@ -46,6 +46,7 @@ from mlflow.protos.service_pb2 import (
     GetExperimentByName,
     GetRun,
     LogBatch,
+    SearchRuns,
     UpdateRun,
 )
 from mlflow.tracking.client import MlflowClient
@@ -125,6 +126,10 @@ class Server(Protocol):
 
     def experiment_id(self, name: str) -> str:
         """Return the id of the experiment called ``name``, creating it if it does not exist."""
+        ...
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
         ...
 
 
@@ -234,6 +239,17 @@ class RestServer:
         """Set tags on an existing run."""
         request = LogBatch(run_id=run_id, tags=[RunTag(k, v).to_proto() for k, v in tags.items()])
         self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
+        request = SearchRuns(
+            experiment_ids=experiment_ids,
+            filter=filter_string,
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
+        )
+        reply = self._call("search the runs", "runs/search", request, SearchRuns.Response())
+        return [Run.from_proto(run) for run in reply.runs]
 
     def _find_experiment(self, name: str) -> str | None:
         try:
@@ -393,6 +409,21 @@ class StoreServer:
         self._guard(
             "tag the run", lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         )
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first."""
+        runs: list[Run] = self._guard(
+            "search the runs",
+            lambda: list(
+                self.client.search_runs(
+                    experiment_ids,
+                    filter_string,
+                    max_results=max_results,
+                    order_by=["attributes.start_time DESC"],
+                )
+            ),
+        )
+        return runs
 
     def experiment_id(self, name: str) -> str:
         """Return the id of the experiment called ``name``, creating it if it does not exist."""
