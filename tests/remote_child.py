@@ -1,26 +1,26 @@
 """Child tasks that ``test_remote.py`` runs in processes of their own, the way a remote Flyte run does.
 
-On a cluster, each task runs in its own container: Flyte's ``a0`` entry point loads the task with
-its resolver (``getattr(module, name)``), reads the inputs file its parent wrote (the values and the
-parent's ``custom_context``), and runs it through ``load_and_run_task``. :func:`main` does the same
-in a subprocess, minus the cluster: no controller (these children start no tasks of their own) and
-local paths for inputs and outputs.
+On a cluster, each task runs in its own container, started by Flyte's ``a0`` entry point;
+:func:`main` runs one the same way in a subprocess (see ``pod_runner``).
 
 Usage: ``python -c "import remote_child, sys; sys.exit(remote_child.main(sys.argv[1:]))" TASK INPUTS
-OUTPUT_DIR RUN_NAME ACTION_NAME`` with this directory on ``PYTHONPATH``.
+OUTPUT_DIR RUN_NAME ACTION_NAME`` with this directory and the repository's on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import flyte
 import mlflow
 
 from flyteplugins.mlflow import get_mlflow_run, mlflow_run
-
-RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
+from tests import pod_runner
 
 env = flyte.TaskEnvironment(name="remote-child")
 
@@ -58,27 +58,87 @@ async def new_child(value: float) -> str:
     return _run_id()
 
 
-def main(argv: list[str]) -> int:
-    """Run one task of this module as a remote action would: load it by name, feed it its inputs file."""
-    from flyte._internal.runtime.entrypoints import load_and_run_task
-    from flyte.models import ActionID, RawDataPath
+def _train(steps: int, block_at: int) -> str:
+    """Log ``loss`` per step from the last checkpoint on; on attempt 0, stop at ``block_at`` and wait.
 
-    task_name, inputs_path, output_dir, run_name, action_name = argv
-    flyte.init(project="tests", domain="development")
-    asyncio.run(
-        load_and_run_task(
-            action=ActionID(name=action_name, run_name=run_name, project="tests", domain="development"),
-            raw_data_path=RawDataPath(path=output_dir),
-            output_path=output_dir,
-            run_base_dir=output_dir,
-            version="remote-test",
-            controller=None,
-            resolver=RESOLVER,
-            resolver_args=["mod", __name__, "instance", task_name],
-            input_path=inputs_path,
-        )
-    )
-    return 0
+    The step reached is saved as the task's checkpoint after every step, so an attempt that follows a
+    killed one carries on where it stopped. ``blocked`` in the working directory says the wait began.
+    """
+    tctx = flyte.ctx()
+    assert tctx is not None and tctx.checkpoint is not None, "run with checkpoint paths"
+    checkpoint = tctx.checkpoint
+    loaded = checkpoint.load_sync()
+    start = int(Path(loaded).read_text()) if loaded is not None else 0
+    for step in range(start, steps):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        checkpoint.save_sync(str(step + 1).encode())
+        if (
+            step + 1 == block_at
+            and tctx.attempt_number == 0
+            and not os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        ):
+            Path("blocked.tmp").write_text(_run_id())
+            Path("blocked.tmp").rename("blocked")
+            time.sleep(600)  # killed here
+    return _run_id()
+
+
+@mlflow_run(on_retry="resume")
+@env.task
+def resumed_training(steps: int, block_at: int) -> str:
+    return _train(steps, block_at)
+
+
+@mlflow_run(on_retry="new")
+@env.task
+def replaced_training(steps: int, block_at: int) -> str:
+    return _train(steps, block_at)
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def blocking_nested_child(value: float) -> str:
+    mlflow.log_metric("remote_nested", value)
+    Path("blocked.tmp").write_text(_run_id())
+    Path("blocked.tmp").rename("blocked")
+    await asyncio.sleep(600)  # killed here
+    return _run_id()
+
+
+def _announce_then_block_in_gloo(port: int, rank: int) -> str:
+    """Say what this process looks like, then wait in gloo's rendezvous for a peer that never comes.
+
+    The wait is native code (c10d's TCP store): the main thread does not come back to Python while
+    it lasts. ``blocked`` records the run (``-`` for none) and the SIGTERM disposition at that moment.
+    """
+    import signal
+
+    import torch.distributed as dist
+
+    run = get_mlflow_run()
+    handler = signal.getsignal(signal.SIGTERM)
+    state = {"run": run.info.run_id if run is not None else "-", "default_sigterm": handler == signal.SIG_DFL}
+    Path("blocked.tmp").write_text(json.dumps(state))
+    Path("blocked.tmp").rename("blocked")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    return "never"
+
+
+@mlflow_run
+@env.task
+async def blocks_in_gloo(port: int, rank: int) -> str:
+    return _announce_then_block_in_gloo(port, rank)  # on the event loop: the main thread itself blocks
+
+
+@mlflow_run
+@env.task
+def blocks_in_gloo_sync(port: int, rank: int) -> str:
+    return _announce_then_block_in_gloo(port, rank)  # in Flyte's worker thread
+
+
+def main(argv: list[str]) -> int:
+    """Run one task of this module as a remote action would (see ``pod_runner``)."""
+    return pod_runner.run(__name__, argv)
 
 
 if __name__ == "__main__":

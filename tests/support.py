@@ -22,6 +22,15 @@ import requests
 
 from flyteplugins.mlflow import get_mlflow_run
 
+# The tracking API requests the tests count, as ``(method, path)`` in the server's access log.
+CREATE = ("POST", "/api/2.0/mlflow/runs/create")
+UPDATE = ("POST", "/api/2.0/mlflow/runs/update")
+SEARCH = ("POST", "/api/2.0/mlflow/runs/search")
+GET_RUN = ("GET", "/api/2.0/mlflow/runs/get")
+BY_NAME = ("GET", "/api/2.0/mlflow/experiments/get-by-name")
+LOG_BATCH = ("POST", "/api/2.0/mlflow/runs/log-batch")
+LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
+
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
 
 

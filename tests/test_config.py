@@ -13,6 +13,7 @@ from flyteplugins.mlflow import (
     Mlflow,
     MlflowConfig,
     MlflowRun,
+    OnRetry,
     OnTrackingError,
     RunMode,
     mlflow_config,
@@ -70,6 +71,34 @@ def test_unknown_run_mode_lists_the_valid_ones(bad: str) -> None:
         assert "'auto'" in message
         assert "'new'" in message
         assert "'nested'" in message
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (OnRetry.NEW, OnRetry.NEW),
+        ("new", OnRetry.NEW),
+        (OnRetry.RESUME, OnRetry.RESUME),
+        ("resume", OnRetry.RESUME),
+    ],
+)
+def test_retry_policy_accepts_members_and_strings(given: OnRetry | str, expected: OnRetry) -> None:
+    """``on_retry`` given as a member or its plain string becomes that member, in every builder."""
+    assert MlflowConfig(on_retry=given).on_retry is expected
+    assert MlflowRun(on_retry=given).on_retry is expected
+    assert mlflow_config(on_retry=given).on_retry is expected  # type: ignore[arg-type]
+    assert mlflow_run(on_retry=given).on_retry is expected  # type: ignore[arg-type]
+
+
+def test_unknown_retry_policy_lists_the_valid_ones() -> None:
+    """A string that is not a retry policy is a ValueError naming the field, the value and the choices."""
+    for build in BUILDERS:
+        with pytest.raises(ValueError, match="on_retry") as info:
+            build(on_retry="restart")
+        message = str(info.value)
+        assert "'restart'" in message and "'new'" in message and "'resume'" in message
+    with pytest.raises(TypeError, match="on_retry"):
+        MlflowRun(on_retry=1)  # type: ignore[arg-type]
 
 
 def test_unknown_error_policy_lists_the_valid_ones() -> None:
@@ -174,6 +203,7 @@ ROUND_TRIPS: list[dict[str, Any]] = [
     {"autolog_kwargs": {"nested": {"list": [1, "two", [3.5, None], {"deep": True}], "empty": {}}}},
     {"link_host": "https://mlflow.example.com/", "link_template": "{host}/x/{experiment_id}/{run_id}"},
     {"on_tracking_error": "warn"},
+    {"on_retry": "resume"},
     {"async_logging": True},
     {"request_timeout": 2.5, "request_retries": 0},
     {"description": "first try", "log_system_metrics": True},
@@ -255,6 +285,7 @@ def test_foreign_keys_are_ignored_next_to_settings() -> None:
         ("mlflow_autolog_kwargs", "null"),
         ("mlflow_run_mode", "sideways"),
         ("mlflow_on_tracking_error", "ignore"),
+        ("mlflow_on_retry", "restart"),
         ("mlflow_request_timeout", "soon"),
         ("mlflow_request_retries", "2.5"),
     ],

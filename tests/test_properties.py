@@ -19,7 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flyteplugins.mlflow import MlflowConfig, MlflowRun, OnTrackingError, RunMode, mlflow_config, mlflow_run
+from flyteplugins.mlflow import (
+    MlflowConfig,
+    MlflowRun,
+    OnRetry,
+    OnTrackingError,
+    RunMode,
+    mlflow_config,
+    mlflow_run,
+)
 from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowTrackingSettings, decode
 from flyteplugins.mlflow._context import RESOLVED_EXPERIMENTS_KEY, Inherited
 
@@ -101,6 +109,7 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
         st.fixed_dictionaries({}, optional={"description": st.text(), "log_system_metrics": st.booleans()}),
     )
     maybe("on_tracking_error", st.sampled_from([*OnTrackingError, "raise", "warn"]))
+    maybe("on_retry", st.sampled_from([*OnRetry, "new", "resume"]))
     maybe("async_logging", st.booleans())
     maybe(
         "request_timeout",

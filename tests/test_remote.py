@@ -65,9 +65,9 @@ def _child_env() -> dict[str, str]:
     """The child's environment: nothing MLflow-specific, as in a fresh container; only the context says."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     child_env.pop("RANK", None)
-    child_env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child_env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR), str(TESTS_DIR.parent), child_env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     return child_env
 
 

@@ -25,16 +25,9 @@ from mlflow.tracking import MlflowClient
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from tests.conftest import MlflowServer
+from tests.support import BY_NAME, CREATE, GET_RUN, LOG_BATCH, LOG_METRIC, SEARCH, UPDATE
 
 env = flyte.TaskEnvironment(name="request-counts")
-
-CREATE = ("POST", "/api/2.0/mlflow/runs/create")
-UPDATE = ("POST", "/api/2.0/mlflow/runs/update")
-BY_NAME = ("GET", "/api/2.0/mlflow/experiments/get-by-name")
-LOG_BATCH = ("POST", "/api/2.0/mlflow/runs/log-batch")
-LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
-GET_RUN = ("GET", "/api/2.0/mlflow/runs/get")
-SEARCH = ("POST", "/api/2.0/mlflow/runs/search")  # the root's sweep for runs left RUNNING under it
 
 
 @mlflow_run
@@ -142,11 +135,11 @@ def counted(
 def test_top_level_task_with_experiment_id_makes_three_requests(
     mlflow_server: MlflowServer, experiment: tuple[str, str]
 ) -> None:
-    """A top-level task configured by experiment id creates its run with its tags, sweeps once for runs
-    left RUNNING under it, then sets the status."""
+    """A top-level task configured by experiment id creates its run with its tags, sets the status, then
+    sweeps once for runs left RUNNING under it."""
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
     _, seen = counted(mlflow_server, config, top)
-    assert seen == [CREATE, SEARCH, UPDATE]
+    assert seen == [CREATE, UPDATE, SEARCH]
 
 
 def test_experiment_name_is_resolved_once_per_process(
@@ -158,8 +151,8 @@ def test_experiment_name_is_resolved_once_per_process(
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_name=name)
     first_id, first = counted(mlflow_server, config, top)
     second_id, second = counted(mlflow_server, config, top)
-    assert first == [BY_NAME, CREATE, SEARCH, UPDATE]
-    assert second == [CREATE, SEARCH, UPDATE]
+    assert first == [BY_NAME, CREATE, UPDATE, SEARCH]
+    assert second == [CREATE, UPDATE, SEARCH]
     assert {client.get_run(str(r)).info.experiment_id for r in (first_id, second_id)} == {experiment_id}
 
 
@@ -170,7 +163,7 @@ def test_auto_children_in_the_parents_process_make_no_requests(
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
     ids, seen = counted(mlflow_server, config, parent, kind="auto", n=5)
     assert isinstance(ids, list) and len(set(ids)) == 1
-    assert seen == [CREATE, SEARCH, UPDATE]
+    assert seen == [CREATE, UPDATE, SEARCH]
 
 
 def test_auto_child_in_a_process_of_its_own_makes_one_request(
@@ -193,12 +186,12 @@ def test_children_with_their_own_run_make_two_requests_each(
     mlflow_server: MlflowServer, experiment: tuple[str, str], kind: str
 ) -> None:
     """A nested or new child creates its run (tags included) and sets its status: two requests, no more.
-    The parent, the workflow's root, sweeps once before it closes."""
+    The parent, the workflow's root, closes last and then sweeps once."""
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
     ids, seen = counted(mlflow_server, config, parent, kind=kind, n=4)
     assert isinstance(ids, list) and len(set(ids)) == 5
     assert Counter(seen) == Counter({CREATE: 5, UPDATE: 5, SEARCH: 1})
-    assert seen[0] == CREATE and seen[-2:] == [SEARCH, UPDATE]  # the parent's run opens first, closes last
+    assert seen[0] == CREATE and seen[-2:] == [UPDATE, SEARCH]  # the parent's run opens first, closes last
 
 
 def test_children_of_a_parent_configured_by_name_make_no_lookups(
@@ -244,7 +237,7 @@ def test_cost_does_not_grow_with_history(
     assert len(client.search_runs([experiment_id], max_results=1000)) == 300
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment_id)
     _, seen = counted(mlflow_server, config, parent, kind="nested", n=1)
-    assert seen == [CREATE, CREATE, UPDATE, SEARCH, UPDATE]
+    assert seen == [CREATE, CREATE, UPDATE, UPDATE, SEARCH]
 
 
 def test_async_logging_stores_every_metric_before_the_status(
@@ -259,7 +252,7 @@ def test_async_logging_stores_every_metric_before_the_status(
     batches = seen.count(LOG_BATCH)
     assert 1 <= batches < 10, f"{batches} log-batch requests: the metrics were not queued"
     assert LOG_METRIC not in seen
-    assert seen[-1] == UPDATE  # the status is set after the last batch
+    assert seen[-2:] == [UPDATE, SEARCH]  # the status is set after the last batch, then the sweep
     assert "MLFLOW_ENABLE_ASYNC_LOGGING" not in os.environ
     assert "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS" not in os.environ
 
@@ -289,7 +282,7 @@ def test_async_logging_stores_every_metric_when_the_task_fails(
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(300))
     assert run.info.status == "FAILED"
-    assert seen[-1] == UPDATE
+    assert seen[-2:] == [UPDATE, SEARCH]
 
 
 def test_async_logging_in_parallel_trials_loses_nothing(

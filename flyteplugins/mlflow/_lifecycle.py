@@ -12,7 +12,9 @@ The work is split so that the decision is a pure function and the network calls 
    :mod:`flyteplugins.mlflow._runstack`) and tells the tasks called inside it about the run.
 4. :func:`end` sets the run's final status, ``FINISHED``, ``FAILED`` or ``KILLED``, in one request,
    retried harder than other calls. A shared run is never ended. Whatever MLflow's asynchronous
-   logging still holds (``async_logging=True``) is sent first, so the status comes last.
+   logging still holds (``async_logging=True``) is sent first, so the status comes last. A
+   workflow's root then sweeps, in one request, for runs left ``RUNNING`` under it (see
+   :mod:`flyteplugins.mlflow._sweep`).
 
 :func:`call_sync` and :func:`call_async` put the steps together. In async tasks the blocking steps
 run on a small thread pool of the plugin's own, so sibling trials keep running while one waits on
@@ -437,11 +439,12 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
             leftovers = [r for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
             for run in reversed(leftovers):
                 server.set_status(run.info.run_id, status, _now_ms(), policy)
-            if owned and opened.plan.sweep_root is not None:
-                info = opened.run.info
-                _sweep.sweep(server, info.experiment_id, opened.plan.sweep_root, info.run_id, _now_ms())
             if owned:
                 server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
+            if owned and opened.plan.sweep_root is not None:
+                # After the root's own status: a server that could not take that one is not swept.
+                info = opened.run.info
+                _sweep.sweep(server, info.experiment_id, opened.plan.sweep_root, info.run_id, _now_ms())
     finally:
         _mlflow_state.release(opened.plan.autolog, opened.plan.async_logging)
 
@@ -489,9 +492,9 @@ def _end_or_warn(opened: Opened, error: BaseException | None, runs: list[ActiveR
 
 
 def call_sync(
-    own: MlflowTrackingSettings, rank: int | None, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    own: MlflowTrackingSettings, rank: int | None, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
 ) -> R:
-    """Run a sync function inside its MLflow run."""
+    """Run a sync function inside its MLflow run (the function may take arguments of any name)."""
     p = _prepare(own, rank)
     opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
@@ -526,10 +529,13 @@ async def call_async(
     own: MlflowTrackingSettings,
     rank: int | None,
     func: Callable[P, Awaitable[R]],
+    /,
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Run an async function inside its MLflow run, keeping the event loop free during tracking calls."""
+    """Run an async function inside its MLflow run, keeping the event loop free during tracking calls.
+
+    The function may take arguments of any name (``rank``, ``func`` and ``own`` included)."""
     p = _prepare(own, rank)
     if p is None:
         return await func(*args, **kwargs)

@@ -22,6 +22,7 @@ from flyteplugins.mlflow import (
     MlflowConfig,
     MlflowRun,
     MlflowTrackingError,
+    OnRetry,
     OnTrackingError,
     RunMode,
     TrackingRequestError,
@@ -135,6 +136,9 @@ mlflow_config(on_tracking_error=OnTrackingError.IGNORE)  # type: ignore[attr-def
 mlflow_run(run_mode="nestd")  # type: ignore[call-overload]
 mlflow_config(run_mode="nestd")  # type: ignore[arg-type]
 mlflow_config(on_tracking_error="ignore")  # type: ignore[arg-type]
+mlflow_config(on_retry="restart")  # type: ignore[arg-type]
+mlflow_run(on_retry=OnRetry.RESTART)  # type: ignore[attr-defined]
+resumes: MlflowRun = mlflow_run(on_retry="resume")
 
 MlflowRun(tags=["team", "ml"])  # type: ignore[arg-type]
 MlflowRun(tags="team=ml")  # type: ignore[arg-type]
@@ -178,3 +182,5 @@ links: tuple[flyte.Link, ...] = (Mlflow(), tracker.link())
 errors: tuple[type[MlflowTrackingError], ...] = (TrackingServerUnreachable, TrackingRequestError)
 assert_type(RunMode("nested"), RunMode)
 assert_type(OnTrackingError("warn"), OnTrackingError)
+assert_type(OnRetry("resume"), OnRetry)
+assert_type(MlflowConfig(on_retry="new").on_retry, OnRetry)

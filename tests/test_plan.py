@@ -1,0 +1,114 @@
+"""The plan for retries and the sweep, from plain values: which calls look up earlier attempts, which
+runs carry which tags, and which call sweeps. No Flyte and no server: ``plan`` makes no calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from flyteplugins.mlflow import MlflowRun, OnRetry, mlflow_config
+from flyteplugins.mlflow._context import ROOT_ACTION_KEY, Inherited, TaskSnapshot, env_rank
+from flyteplugins.mlflow._lifecycle import plan
+from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG
+from flyteplugins.mlflow._sweep import ROOT_TAG
+
+URI = "http://127.0.0.1:5000"
+ACTION = "proj/dev/run-1/a3"
+
+
+def task(attempt: int = 0, restart: int = 0, **kw: object) -> TaskSnapshot:
+    """The snapshot of a task with action ``ACTION`` at this attempt and elastic restart."""
+    return TaskSnapshot(in_task=True, attempt=attempt, restart=restart, action_id=ACTION, **kw)  # type: ignore[arg-type]
+
+
+def test_first_attempt_tags_its_run_and_looks_nothing_up() -> None:
+    """Attempt 0 carries its action and attempt in the create request and plans no look-up."""
+    p = plan(MlflowRun(), None, task(), URI)
+    assert p is not None and p.action == "create" and p.retry is None
+    assert p.tags[ACTION_TAG] == ACTION and p.tags[ATTEMPTS_TAG] == "0"
+
+
+@pytest.mark.parametrize(
+    ("attempt", "restart", "label"), [(1, 0, "1"), (3, 0, "3"), (0, 1, "0.1"), (2, 4, "2.4")]
+)
+def test_retries_and_elastic_restarts_look_up_earlier_runs(attempt: int, restart: int, label: str) -> None:
+    """A Flyte attempt after the first, or an elastic restart, plans the look-up, with its own label."""
+    p = plan(MlflowRun(), None, task(attempt, restart), URI)
+    assert p is not None and p.retry is OnRetry.NEW
+    assert p.tags[ATTEMPTS_TAG] == label
+
+
+def test_the_tracker_wins_over_the_context_for_on_retry() -> None:
+    """``on_retry`` follows the usual precedence: tracker, then context; ``new`` defers."""
+    resume_ctx = task(1, config=mlflow_config(on_retry="resume"))
+    by_context = plan(MlflowRun(), None, resume_ctx, URI)
+    by_tracker = plan(MlflowRun(on_retry="resume"), None, task(1), URI)
+    assert by_context is not None and by_context.retry is OnRetry.RESUME
+    assert by_tracker is not None and by_tracker.retry is OnRetry.RESUME
+
+
+def test_inner_calls_and_shared_runs_are_not_the_tasks_own() -> None:
+    """A tracked call inside another of the same task, or a child sharing its caller's run, neither
+    carries the action tag nor looks anything up on a retry."""
+    inner = plan(MlflowRun(run_mode="nested"), None, task(1), URI, outermost=False)
+    shared = plan(MlflowRun(), None, task(1, inherited=Inherited("parent", "0", root_action="r")), URI)
+    assert inner is not None and inner.retry is None and ACTION_TAG not in inner.tags
+    assert shared is not None and shared.action == "share" and shared.retry is None
+
+
+def test_the_root_sweeps_and_tells_its_children() -> None:
+    """A task with no tracked caller is the root: it sweeps at its end and passes its action down."""
+    p = plan(MlflowRun(), None, task(), URI)
+    assert p is not None and p.sweep_root == ACTION
+    assert p.passed_down[ROOT_ACTION_KEY] == ACTION
+    assert ROOT_TAG not in p.tags
+
+
+@pytest.mark.parametrize("mode", ["nested", "new"])
+def test_runs_under_a_root_carry_its_action_and_do_not_sweep(mode: str) -> None:
+    """Every run created under a root, in any run mode, is tagged with the root's action."""
+    inherited = Inherited("parent-run", "0", root_action="proj/dev/run-1/a0")
+    p = plan(MlflowRun(run_mode=mode), None, task(inherited=inherited), URI)
+    assert p is not None and p.sweep_root is None
+    assert p.tags[ROOT_TAG] == "proj/dev/run-1/a0"
+
+
+def test_outside_flyte_nothing_is_tagged_or_swept() -> None:
+    """A tracked plain function outside any task has no action: no retry tags, no sweep."""
+    p = plan(MlflowRun(), None, TaskSnapshot(), URI)
+    assert p is not None and p.sweep_root is None and p.retry is None
+    assert ACTION_TAG not in p.tags
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, None),
+        ({"RANK": "2", "SLURM_PROCID": "5"}, 2),
+        ({"SLURM_PROCID": "5", "OMPI_COMM_WORLD_RANK": "6"}, 5),
+        ({"OMPI_COMM_WORLD_RANK": "6", "PMI_RANK": "7"}, 6),
+        ({"PMI_RANK": "7"}, 7),
+        ({"RANK": "", "PMI_RANK": "0"}, 0),
+    ],
+)
+def test_rank_variables_are_read_in_order(
+    variables: dict[str, str], expected: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RANK``, then SLURM's, Open MPI's and MPICH's variables: the first one set decides."""
+    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert env_rank() == expected
+
+
+@pytest.mark.parametrize(("name", "value"), [("RANK", "one"), ("SLURM_PROCID", "-1"), ("PMI_RANK", "1.5")])
+def test_a_malformed_rank_names_the_variable_and_the_value(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank variable that is not a whole number is a ValueError naming it and its value."""
+    for other in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name) as info:
+        env_rank()
+    assert repr(value) in str(info.value)
