@@ -6,7 +6,9 @@ would. Then, for each experiment, the same workflows run: requests are counted b
 of the server, and the time a tracked task adds over an untracked one is measured directly. For
 contrast, the last column times one ``search_runs`` by a tag every run of the history carries, the
 kind of lookup a plugin that searched for its parent's run would make: that cost grows with the
-history, the plugin's does not.
+history, the plugin's does not. The one search the plugin does make per workflow, the root's sweep
+for runs left ``RUNNING`` under it, is timed too, with every run of the history carrying the sweep's
+tag (for another root), as an experiment full of the plugin's own runs would.
 
 Run: ``python -m bench.history`` (or ``make bench`` for every scenario).
 """
@@ -26,6 +28,8 @@ from mlflow.tracking import MlflowClient
 
 from bench._support import Proxy, scenario_server, unique
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
+from flyteplugins.mlflow._retries import filter_equals
+from flyteplugins.mlflow._sweep import ROOT_TAG
 
 env = flyte.TaskEnvironment(name="bench-history")
 
@@ -119,6 +123,7 @@ class Row:
     child_requests: float
     searches: int
     overhead_ms: float
+    sweep_ms: float
     search_ms: float
 
 
@@ -126,7 +131,8 @@ def measure(server_uri: str, db: Path, history: int) -> Row:
     """Build an experiment with ``history`` runs and measure the plugin's per-task cost in it."""
     client = MlflowClient(server_uri)
     experiment_id = client.create_experiment(unique(f"history-{history}"))
-    template = client.create_run(experiment_id, tags={"flyte.run_name": "template", "team": "bench"})
+    tags = {"flyte.run_name": "template", "team": "bench", ROOT_TAG: "bench/history/another-run/a0"}
+    template = client.create_run(experiment_id, tags=tags)
     client.log_metric(template.info.run_id, "loss", 0.5)
     client.set_terminated(template.info.run_id)
     add_history(db, template.info.run_id, history - 1)
@@ -146,13 +152,23 @@ def measure(server_uri: str, db: Path, history: int) -> Row:
     direct = mlflow_config(tracking_uri=server_uri, experiment_id=experiment_id)
     overhead = median_wall(direct, tracked_top) - median_wall(direct, plain_top)
 
-    search_times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        client.search_runs([experiment_id], filter_string="tags.team = 'bench'", max_results=1)
-        search_times.append(time.perf_counter() - started)
+    def median_search(query: str, max_results: int) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            client.search_runs([experiment_id], filter_string=query, max_results=max_results)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
+
+    sweep = f"{filter_equals(ROOT_TAG, 'bench/history/this-run/a0')} and attributes.status = 'RUNNING'"
     return Row(
-        runs, len(top), child_requests, searches, overhead * 1000, statistics.median(search_times) * 1000
+        runs,
+        len(top),
+        child_requests,
+        searches,
+        overhead * 1000,
+        median_search(sweep, 1000),
+        median_search("tags.team = 'bench'", 1),
     )
 
 
@@ -166,18 +182,22 @@ def main() -> None:
     print("(d) the plugin's cost per task against the experiment's history")
     print(
         f"{'runs in experiment':>18} {'requests/top-level':>18} {'requests/nested child':>21} "
-        f"{'searches':>8} {'overhead/task':>13} {'one search by tag':>17}"
+        f"{'searches':>8} {'overhead/task':>13} {'the sweep':>9} {'one search by tag':>17}"
     )
     for r in rows:
         print(
             f"{r.runs:>18} {r.top_requests:>18} {r.child_requests:>21.1f} {r.searches:>8} "
-            f"{r.overhead_ms:>11.1f}ms {r.search_ms:>15.1f}ms"
+            f"{r.overhead_ms:>11.1f}ms {r.sweep_ms:>7.1f}ms {r.search_ms:>15.1f}ms"
         )
     small, large = rows
     same = small.top_requests == large.top_requests and small.child_requests == large.child_requests
-    verdict = "holds" if same and not large.searches else "MISSED"
-    print(f"target: same requests per task with {large.runs} runs, no searches: {verdict}")
+    verdict = "holds" if same and large.searches == 2 else "MISSED"
+    print(
+        f"target: same requests per task with {large.runs} runs, and one search per workflow "
+        f"(the root's sweep; 2 workflows here): {verdict}"
+    )
     print("overhead/task: median wall time of a tracked top-level task minus an untracked one")
+    print("the sweep: the root's search for runs left RUNNING under it, every history run carrying its tag")
     print(
         "one search by tag: search_runs(filter_string=\"tags.team = 'bench'\", max_results=1), for contrast"
     )

@@ -6,7 +6,8 @@ such as resolved experiment names, start empty), against the server started here
 * (a) ``requests_per_task``: the plugin's own requests per task, counted at the server;
 * (b) ``parallel_trials``: 32 nested trials under ``asyncio.gather``, tracked vs untracked;
 * (c) ``async_logging``: 2,000 metrics behind 5 ms of latency, synchronous vs ``async_logging``;
-* (d) ``history``: requests and overhead per task with 10 vs 10,000 runs in the experiment.
+* (d) ``history``: requests and overhead per task with 10 vs 10,000 runs in the experiment;
+* (e) ``sigterm``: the time from SIGTERM to exit of a pod blocked in native code, with and without the plugin.
 
 Each scenario can also run alone: ``python -m bench.parallel_trials`` starts its own server.
 """
@@ -27,7 +28,7 @@ if str(ROOT) not in sys.path:  # run as ``python bench/run_all.py``: make ``benc
 
 from bench._support import start_server  # noqa: E402
 
-SCENARIOS = ("requests_per_task", "parallel_trials", "async_logging", "history")
+SCENARIOS = ("requests_per_task", "parallel_trials", "async_logging", "history", "sigterm")
 
 
 def main() -> int:

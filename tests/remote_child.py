@@ -130,6 +130,11 @@ async def blocks_in_gloo(port: int, rank: int) -> str:
     return _announce_then_block_in_gloo(port, rank)  # on the event loop: the main thread itself blocks
 
 
+@env.task
+async def untracked_blocks_in_gloo(port: int, rank: int) -> str:
+    return _announce_then_block_in_gloo(port, rank)  # untracked, in a module that tracks other tasks
+
+
 @mlflow_run
 @env.task
 def blocks_in_gloo_sync(port: int, rank: int) -> str:

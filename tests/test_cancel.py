@@ -333,3 +333,44 @@ def test_a_run_left_open_at_exit_ends_killed(
     child = client.get_run((tmp_path / "run-id").read_text())
     assert child.info.status == "KILLED"
     assert child.data.tags["mlflow.parentRunId"]
+
+
+_FORKS = """
+import os, signal, sys, time
+import flyte
+from flyteplugins.mlflow import mlflow_run
+from flyteplugins.mlflow import _signals
+
+env = flyte.TaskEnvironment(name="sigterm-fork")
+
+
+@mlflow_run
+@env.task
+async def tracked() -> None: ...
+
+
+assert _signals.installed(), "decorating on the main thread installs the handler"
+child = os.fork()
+if child == 0:
+    assert not _signals.installed()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    os._exit(7)
+_, status = os.waitpid(child, 0)
+assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+time.sleep(1.0)  # long enough for a watcher woken by the child's signal to have ended this process
+print("parent alive")
+"""
+
+
+def test_a_forked_child_gets_the_signal_set_up_from_before_the_plugin(tmp_path: Path) -> None:
+    """A child forked after the handler is installed has the default SIGTERM disposition again, and its
+    SIGTERM never reaches the parent's watcher through the inherited wakeup pipe."""
+    script = tmp_path / "forks.py"
+    script.write_text(_FORKS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "parent alive" in done.stdout

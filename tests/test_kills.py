@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import flyte
 import pytest
@@ -29,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._signals import KILL_DEADLINE
+from tests.pods import RESOLVER, Action, make_inputs, wait_blocked
 from tests.support import (
     CREATE,
     GET_RUN,
@@ -41,83 +38,7 @@ from tests.support import (
     own_run_id,
 )
 
-TESTS_DIR = Path(__file__).resolve().parent
-RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
-ENTRY = "import sys, {module}; sys.exit({module}.main(sys.argv[1:]))"
-
-
 env = flyte.TaskEnvironment(name="kills-tests")
-
-
-def pod_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A pod's environment: nothing MLflow-specific (the context says where to track), plus ``extra``."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TORCHELASTIC_"))}
-    for name in ("RANK", "FLYTE_ATTEMPT_NUMBER"):
-        out.pop(name, None)
-    paths = [str(TESTS_DIR), str(TESTS_DIR.parent), out.get("PYTHONPATH", "")]
-    out["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
-    out.update(extra or {})
-    return out
-
-
-class Action:
-    """One Flyte action of a task in ``remote_child``: its inputs file and its names, for every attempt."""
-
-    def __init__(self, workdir: Path, task_name: str, inputs: bytes, module: str = "remote_child") -> None:
-        self.workdir = workdir
-        self.task_name = task_name
-        self.module = module
-        self.inputs_file = workdir / "inputs.pb"
-        self.inputs_file.write_bytes(inputs)
-        self.run_name = f"kills-{uuid.uuid4().hex[:8]}"
-        self.action = f"a{uuid.uuid4().hex[:8]}"
-
-    def start(self, attempt: int, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start attempt ``attempt`` of the action, with its own output directory and checkpoint path."""
-        out_dir = self.workdir / f"outputs-{attempt}-{uuid.uuid4().hex[:4]}"
-        out_dir.mkdir()
-        checkpoints = {"TEST_CHECKPOINT_PATH": str(self.workdir / f"checkpoint-{attempt}-{out_dir.name}")}
-        previous = sorted(self.workdir.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
-        if previous:
-            checkpoints["TEST_PREV_CHECKPOINT_PATH"] = str(previous[-1])
-        (self.workdir / "blocked").unlink(missing_ok=True)
-        return subprocess.Popen(
-            [
-                sys.executable, "-c", ENTRY.format(module=self.module), self.task_name,
-                str(self.inputs_file), str(out_dir), self.run_name, self.action,
-            ],
-            cwd=self.workdir,
-            env=pod_env({"FLYTE_ATTEMPT_NUMBER": str(attempt), **checkpoints, **(extra_env or {})}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-def make_inputs(
-    task_name: str, context: Mapping[str, str], module: str = "remote_child", **values: Any
-) -> bytes:
-    """The inputs file the backend writes for a top-level action of ``task_name``."""
-    task = load_task(RESOLVER, "mod", module, "instance", task_name)
-    inputs = asyncio.run(
-        convert_from_native_to_inputs(task.native_interface, custom_context=dict(context), **values)
-    )
-    data: bytes = inputs.proto_inputs.SerializeToString(deterministic=True)
-    return data
-
-
-def wait_blocked(proc: subprocess.Popen[bytes], workdir: Path) -> str:
-    """Wait until the attempt says it is blocked mid-body; return the id of its run."""
-    deadline = time.monotonic() + 120
-    marker = workdir / "blocked"
-    while time.monotonic() < deadline:
-        if marker.exists():
-            return marker.read_text()
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            pytest.fail(f"the attempt exited with {proc.returncode} before blocking:\n{out[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the attempt never blocked")
 
 
 def finish(proc: subprocess.Popen[bytes]) -> None:
@@ -256,11 +177,13 @@ def test_a_child_killed_without_a_retry_is_swept_by_the_root(
 
 # --- SIGTERM to a process blocked in native code ----------------------------------------------
 
+# module, task, extra environment, whether the process owns a run, its SIGTERM disposition is the default
 SIGTERM_CASES = {
-    "tracked-main-thread-in-gloo": ("remote_child", "blocks_in_gloo", {}, True),
-    "tracked-sync-task-in-gloo": ("remote_child", "blocks_in_gloo_sync", {}, True),
-    "rank-1-in-gloo": ("remote_child", "blocks_in_gloo", {"RANK": "1"}, False),
-    "without-the-plugin": ("plain_child", "blocks_in_gloo", {}, False),
+    "tracked-main-thread-in-gloo": ("remote_child", "blocks_in_gloo", {}, True, False),
+    "tracked-sync-task-in-gloo": ("remote_child", "blocks_in_gloo_sync", {}, True, False),
+    "rank-1-in-gloo": ("remote_child", "blocks_in_gloo", {"RANK": "1"}, False, True),
+    "untracked-task-in-gloo": ("remote_child", "untracked_blocks_in_gloo", {}, False, False),
+    "without-the-plugin": ("plain_child", "blocks_in_gloo", {}, False, True),
 }
 
 
@@ -269,9 +192,10 @@ def test_sigterm_to_a_process_blocked_in_native_code(
     case: str, tmp_path: Path, client: MlflowClient, context: dict[str, str]
 ) -> None:
     """A pod's process waiting in gloo's rendezvous (native code, the main thread never back in Python)
-    dies of SIGTERM within the final-status budget. A tracked one first marks its run KILLED; one that
-    owns no run (rank 1) has the default disposition, as a process without the plugin has."""
-    module, task_name, extra_env, tracked = SIGTERM_CASES[case]
+    dies of SIGTERM within the final-status budget. A tracked one first marks its run KILLED. Rank 1
+    has the default disposition, as a process without the plugin has; an untracked task in a module
+    that tracks others has the plugin's handler, which lets it die at once all the same."""
+    module, task_name, extra_env, tracked, default_disposition = SIGTERM_CASES[case]
     rank = int(extra_env.get("RANK", "0"))
     inputs = make_inputs(task_name, context, module=module, port=free_port(), rank=rank)
     proc = Action(tmp_path, task_name, inputs, module=module).start(0, extra_env)
@@ -289,8 +213,9 @@ def test_sigterm_to_a_process_blocked_in_native_code(
     print(f"{case}: exited {took:.3f}s after SIGTERM")
     assert code == -signal.SIGTERM
     assert took <= KILL_DEADLINE + 1.0
+    assert state["default_sigterm"] is default_disposition
     if tracked:
         run = client.get_run(state["run"])
         assert run.info.status == "KILLED" and run.info.end_time is not None
     else:
-        assert state == {"run": "-", "default_sigterm": True}
+        assert state["run"] == "-"
