@@ -118,6 +118,26 @@ def test_sigkill_mid_body_then_a_retry(
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
 
 
+def test_a_retry_that_finds_no_earlier_run_creates_one(
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    context: dict[str, str],
+) -> None:
+    """Attempt 1 of an action whose attempt 0 left no run searches once, then creates its run."""
+    action = Action(
+        tmp_path, "resumed_training", make_inputs("resumed_training", context, steps=2, block_at=0)
+    )
+    mark = mlflow_server.mark()
+    finish(action.start(1))
+    assert plugin_requests(mlflow_server.requests(mark)) == [SEARCH, CREATE, UPDATE, SEARCH]
+    (run,) = client.search_runs([experiment[1]])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["flyte.attempts"] == "1"
+    assert run.data.tags["flyte.action_id"] == f"tests/development/{action.run_name}/{action.action}"
+
+
 # --- the sweep: a child killed without a retry under a parent that survives -------------------
 
 _server: list[MlflowServer] = []
