@@ -47,9 +47,9 @@ def test_the_tracker_wins_over_the_context_for_on_retry() -> None:
 
 
 def test_inner_calls_and_shared_runs_are_not_the_tasks_own() -> None:
-    """A tracked call inside another of the same task, or a child sharing its caller's run, neither
-    carries the action tag nor looks anything up on a retry."""
-    inner = plan(MlflowRun(run_mode="nested"), None, task(1), URI, outermost=False)
+    """A tracked call that is not a task's outermost body (a tracked function in a task), or a child
+    sharing its caller's run, neither carries the action tag nor looks anything up on a retry."""
+    inner = plan(MlflowRun(run_mode="nested"), None, task(1), URI, task_run=False)
     shared = plan(MlflowRun(), None, task(1, inherited=Inherited("parent", "0", root_action="r")), URI)
     assert inner is not None and inner.retry is None and ACTION_TAG not in inner.tags
     assert shared is not None and shared.action == "share" and shared.retry is None

@@ -124,3 +124,29 @@ def test_nested_attempts_stay_under_the_same_parent(
     statuses = sorted((r.info.run_id in (async_id, sync_id), r.info.status) for r in children)
     assert statuses == [(False, "FAILED"), (False, "FAILED"), (True, "FINISHED"), (True, "FINISHED")]
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@mlflow_run(run_mode="nested")
+def tracked_helper() -> str:
+    return own_run_id()
+
+
+@mlflow_run
+@env.task
+async def calls_a_tracked_helper() -> list[str]:
+    return [own_run_id(), tracked_helper()]
+
+
+def test_only_the_task_body_owns_the_tasks_run(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """The decorated task's run carries its action (what a retry looks up); a tracked plain function
+    it calls makes a nested run without it, but tagged with the root so the sweep covers it."""
+    task_id, helper_id = _run(calls_a_tracked_helper, experiment[1], tracking_uri)
+    task_run, helper_run = client.get_run(task_id), client.get_run(helper_id)
+    action = task_run.data.tags["flyte.action_id"]
+    assert action.endswith("/" + task_run.data.tags["flyte.action_name"])
+    assert task_run.data.tags["flyte.attempts"] == "0"
+    assert "flyte.action_id" not in helper_run.data.tags
+    assert helper_run.data.tags["flyte.root_action"] == action
+    assert helper_run.data.tags[PARENT_TAG] == task_id

@@ -184,14 +184,15 @@ def plan(
     snap: TaskSnapshot,
     default_uri: str,
     *,
-    outermost: bool = True,
+    task_run: bool = True,
 ) -> Plan | None:
     """Decide what a tracked call does, from the tracker's settings and the task's context.
 
     Precedence: the tracker's settings, then the context's, then ``MLFLOW_TRACKING_URI`` (already in
     ``default_uri``), then MLflow's defaults. A tracker's ``AUTO`` run mode defers to the context.
-    ``outermost`` says that no tracked call of the same task is running around this one: only such a
-    call's run is the task's own, the one that retries look up.
+    ``task_run`` says that this call is a Flyte task's body with no tracked call of the same task
+    around it: only such a call's run is the task's own, the one that retries look up and whose end
+    sweeps the runs under it.
 
     Returns:
         The plan, or ``None`` when this process's rank is not 0 and must not log.
@@ -237,10 +238,10 @@ def plan(
     if snap.in_task and snap.action_id is not None:
         if snap.inherited.root_action is not None:
             tags[_sweep.ROOT_TAG] = snap.inherited.root_action
-        elif outermost and action != "share" and parent is None:
+        elif task_run and action != "share" and parent is None:
             sweep_root = snap.action_id
             passed_down[ROOT_ACTION_KEY] = snap.action_id
-        if outermost and action == "create":
+        if task_run and action == "create":
             tags[_retries.ACTION_TAG] = snap.action_id
             tags[_retries.ATTEMPTS_TAG] = snap.attempt_label or "0"
             if snap.retried:
@@ -452,7 +453,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 # --- putting it together -----------------------------------------------------------------------
 
 
-def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
+def _prepare(own: MlflowTrackingSettings, rank: int | None, task_body: bool) -> Plan | None:
     import mlflow
 
     snap = snapshot()
@@ -460,7 +461,8 @@ def _prepare(own: MlflowTrackingSettings, rank: int | None) -> Plan | None:
     if not snap.in_task and outer is not None:
         # Outside Flyte, a tracked function called by another one inherits its run directly.
         snap = attrs.evolve(snap, inherited=Inherited(outer.info.run_id, outer.info.experiment_id))
-    return plan(own, rank, snap, mlflow.get_tracking_uri(), outermost=current_run() is None)
+    task_run = task_body and current_run() is None
+    return plan(own, rank, snap, mlflow.get_tracking_uri(), task_run=task_run)
 
 
 def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:
@@ -492,10 +494,19 @@ def _end_or_warn(opened: Opened, error: BaseException | None, runs: list[ActiveR
 
 
 def call_sync(
-    own: MlflowTrackingSettings, rank: int | None, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    own: MlflowTrackingSettings,
+    rank: int | None,
+    task_body: bool,
+    func: Callable[P, R],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> R:
-    """Run a sync function inside its MLflow run (the function may take arguments of any name)."""
-    p = _prepare(own, rank)
+    """Run a sync function inside its MLflow run (the function may take arguments of any name).
+
+    ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function.
+    """
+    p = _prepare(own, rank, task_body)
     opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
         return func(*args, **kwargs)
@@ -528,6 +539,7 @@ async def _complete(fn: Callable[..., R], *args: Any) -> tuple[R, bool]:
 async def call_async(
     own: MlflowTrackingSettings,
     rank: int | None,
+    task_body: bool,
     func: Callable[P, Awaitable[R]],
     /,
     *args: P.args,
@@ -535,8 +547,9 @@ async def call_async(
 ) -> R:
     """Run an async function inside its MLflow run, keeping the event loop free during tracking calls.
 
-    The function may take arguments of any name (``rank``, ``func`` and ``own`` included)."""
-    p = _prepare(own, rank)
+    The function may take arguments of any name (``rank``, ``func`` and ``own`` included).
+    ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function."""
+    p = _prepare(own, rank, task_body)
     if p is None:
         return await func(*args, **kwargs)
     opened, cancelled = await _complete(_begin_or_warn, p, _local_run())

@@ -1,6 +1,6 @@
 """Retries: what an attempt after the first does with the runs that earlier attempts of its action left.
 
-Every run a task owns as its own (the outermost tracked call of the task creates it) carries the
+Every run a task owns as its own (its decorated body creates it) carries the
 Flyte action it belongs to in :data:`ACTION_TAG` and the attempts that wrote to it in
 :data:`ATTEMPTS_TAG`. Both travel in the request that creates the run, so first attempts pay nothing
 for them. An attempt after the first (a Flyte retry, or a restart of PyTorch's elastic workers) finds

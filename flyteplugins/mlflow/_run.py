@@ -88,22 +88,22 @@ class MlflowRun(MlflowTrackingSettings):
         links = tuple(
             link.bound_to(self.run_mode) if isinstance(link, Mlflow) else link for link in task.links
         )
-        changes: dict[str, Any] = {"func": self._wrap(func), "links": links}
+        changes: dict[str, Any] = {"func": self._wrap(func, task_body=True), "links": links}
         return dataclasses.replace(task, **changes)
 
-    def _wrap(self, func: Callable[P, R]) -> Callable[P, R]:
+    def _wrap(self, func: Callable[P, R], *, task_body: bool = False) -> Callable[P, R]:
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[P, Awaitable[Any]], func)
 
             @functools.wraps(func)
             async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await call_async(self, self.rank, async_func, *args, **kwargs)
+                return await call_async(self, self.rank, task_body, async_func, *args, **kwargs)
 
             return cast(Callable[P, R], tracked_async)
 
         @functools.wraps(func)
         def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
-            return call_sync(self, self.rank, func, *args, **kwargs)
+            return call_sync(self, self.rank, task_body, func, *args, **kwargs)
 
         return tracked
 

@@ -6,7 +6,7 @@ the workflow's tracking looks once, when its own task ends, and marks what it fi
 
 Which runs are covered:
 
-* The *root* is the outermost tracked call of a Flyte task that has no tracked caller (no run in its
+* The *root* is the decorated body of a Flyte task that has no tracked caller (no run in its
   context). It tells every task called inside it its Flyte action (``mlflow_root_action`` in the
   context), and every run created by those tasks and their descendants, in any run mode (``nested``,
   ``new``, or ``auto`` where a child creates a run of its own) and in any attempt, carries that action
