@@ -20,7 +20,7 @@ demo: venv
 test: venv pytest typecheck lint
 
 pytest: venv
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 typecheck: venv
 	$(PY) -m mypy

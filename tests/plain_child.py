@@ -1,19 +1,16 @@
 """The same blocking task as ``remote_child.blocks_in_gloo``, in a module that never imports the plugin.
 
-It is the baseline: how a pod's process reacts to SIGTERM without the plugin. Run it like
-``remote_child``: ``python -c "import plain_child, sys; sys.exit(plain_child.main(sys.argv[1:]))" ...``.
+It is the baseline: how a pod's process reacts to SIGTERM without the plugin. ``tests/pods.py`` runs
+it through ``pod_runner``, which does not import the plugin either.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
 import flyte
-
-from tests import pod_runner
 
 env = flyte.TaskEnvironment(name="plain-child")
 
@@ -27,12 +24,3 @@ async def blocks_in_gloo(port: int, rank: int) -> str:
     Path("blocked.tmp").rename("blocked")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     return "never"
-
-
-def main(argv: list[str]) -> int:
-    """Run a task of this module as a remote action would (see ``pod_runner``)."""
-    return pod_runner.run(__name__, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

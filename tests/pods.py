@@ -27,7 +27,7 @@ __all__ = ["RESOLVER", "Action", "make_inputs", "pod_env", "wait_blocked"]
 
 TESTS_DIR = Path(__file__).resolve().parent
 RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
-ENTRY = "import sys, {module}; sys.exit({module}.main(sys.argv[1:]))"
+ENTRY = "import sys; from tests import pod_runner; sys.exit(pod_runner.run({module!r}, sys.argv[1:]))"
 
 
 def pod_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -52,11 +52,19 @@ class Action:
         self.inputs_file.write_bytes(inputs)
         self.run_name = f"kills-{uuid.uuid4().hex[:8]}"
         self.action = f"a{uuid.uuid4().hex[:8]}"
+        self.outputs: Path | None = None  # the output directory of the attempt started last
+
+    def failed(self) -> bool:
+        """Whether the attempt started last ended with the task failing (Flyte wrote an error file)."""
+        from flyte._internal.runtime.io import error_path
+
+        return self.outputs is not None and Path(error_path(str(self.outputs))).exists()
 
     def start(self, attempt: int, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start attempt ``attempt`` of the action, with its own output directory and checkpoint path."""
         out_dir = self.workdir / f"outputs-{attempt}-{uuid.uuid4().hex[:4]}"
         out_dir.mkdir()
+        self.outputs = out_dir
         checkpoints = {"TEST_CHECKPOINT_PATH": str(self.workdir / f"checkpoint-{attempt}-{out_dir.name}")}
         previous = sorted(self.workdir.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
         if previous:

@@ -116,6 +116,8 @@ class Relay:
         before: called with ``(method, path)`` before a request is forwarded; it may sleep to delay
             the request, and returns ``False`` to hang up without an answer instead.
         classify: names the kind of a request path, for :attr:`peak` (most in flight at once per kind).
+        identify: names the sender of a request from its client port, for :attr:`senders` (called
+            while the connection is open, so the port still belongs to the sender).
     """
 
     def __init__(
@@ -123,9 +125,11 @@ class Relay:
         upstream: str,
         before: Callable[[str, str], bool] | None = None,
         classify: Callable[[str], str] = lambda path: "all",
+        identify: Callable[[int], object] | None = None,
     ) -> None:
         self.upstream = upstream
         self.forwarded: list[tuple[str, str, int]] = []
+        self.senders: list[tuple[object, str, str]] = []
         self.peak: dict[str, int] = {}
         self._now: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -136,6 +140,10 @@ class Relay:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
+                if identify is not None:
+                    sender = identify(self.client_address[1])
+                    with relay._lock:
+                        relay.senders.append((sender, self.command, path))
                 if before is not None and not before(self.command, path):
                     self.close_connection = True
                     return  # hang up without an answer, as a server going away would

@@ -15,7 +15,14 @@ import pytest
 from flyte.extend import TaskTemplate
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import MlflowRun, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow import (
+    MlflowRun,
+    MlflowTrackingError,
+    get_mlflow_run,
+    get_mlflow_run_id,
+    mlflow_config,
+    mlflow_run,
+)
 
 env = flyte.TaskEnvironment(name="e2e-distributed")
 
@@ -209,3 +216,43 @@ def test_plain_function_on_nonzero_rank(
     assert train(7) == ["none", "none", "worker 7 trained"]
     assert mlflow_server.requests(mark) == []
     assert client.search_runs([experiment[1]]) == []
+
+
+# --- get_mlflow_run_id() on ranks that have no run ---------------------------------------------
+
+
+@MlflowRun(rank=1)
+@env.task
+async def rank_one_resuming_asks() -> str | None:
+    return get_mlflow_run_id()
+
+
+def test_rank_id_outside_a_tracked_call_is_none() -> None:
+    """Outside any tracked call there is no run to name."""
+    assert get_mlflow_run_id() is None
+
+
+def test_rank_one_reads_a_given_run_id_from_the_context(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """When rank 0 resumes a run given by id, rank 1 knows that id without a single request."""
+    given = client.create_run(experiment[1]).info.run_id
+    config = mlflow_config(tracking_uri=mlflow_server.uri, run_id=given)
+    mark = mlflow_server.mark()
+    found = (
+        flyte.with_runcontext(mode="local", custom_context=config).run(rank_one_resuming_asks).outputs()[0]
+    )
+    assert found == given
+    assert mlflow_server.requests(mark) == []
+    client.set_terminated(given)
+
+
+def test_rank_one_outside_flyte_cannot_find_rank_0s_run(tracking_uri: str) -> None:
+    """A tracked plain function on rank 1 outside Flyte has no action to search by: a clear error."""
+
+    @MlflowRun(rank=1, tracking_uri=tracking_uri)
+    def body() -> str | None:
+        return get_mlflow_run_id()
+
+    with pytest.raises(MlflowTrackingError, match="only inside a Flyte task"):
+        body()

@@ -175,7 +175,9 @@ def test_quickstart_script_defaults_to_an_embedded_sqlite_store(tmp_path: Path) 
     assert (repo_store.stat().st_mtime_ns if repo_store.exists() else None) == before
 
 
-@pytest.mark.parametrize(("script", "expected_runs"), [("hpo.py", 17), ("sklearn_autolog.py", 1)])
+@pytest.mark.parametrize(
+    ("script", "expected_runs"), [("hpo.py", 17), ("sklearn_autolog.py", 1), ("distributed.py", 1)]
+)
 def test_example_script_takes_the_tracking_uri_as_argument(
     script: str, expected_runs: int, tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:

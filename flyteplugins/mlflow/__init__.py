@@ -5,7 +5,13 @@ classes they build (``MlflowRun``, ``MlflowConfig``).
 """
 
 from flyteplugins.mlflow import _runstack  # noqa: F401  (installs the per-context run stack, checked)
-from flyteplugins.mlflow._api import get_mlflow_context, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._api import (
+    get_mlflow_context,
+    get_mlflow_run,
+    get_mlflow_run_id,
+    mlflow_config,
+    mlflow_run,
+)
 from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, RunMode
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._link import Mlflow
@@ -23,6 +29,7 @@ __all__ = [
     "TrackingServerUnreachable",
     "get_mlflow_context",
     "get_mlflow_run",
+    "get_mlflow_run_id",
     "mlflow_config",
     "mlflow_run",
 ]

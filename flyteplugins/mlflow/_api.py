@@ -18,6 +18,7 @@ __all__ = [
     "RunOptions",
     "get_mlflow_context",
     "get_mlflow_run",
+    "get_mlflow_run_id",
     "mlflow_config",
     "mlflow_run",
 ]
@@ -119,6 +120,24 @@ def get_mlflow_run() -> ActiveRun | None:
     ``on_tracking_error="warn"``.
     """
     return _lifecycle.current_run()
+
+
+def get_mlflow_run_id() -> str | None:
+    """The id of the MLflow run that rank 0 logs to, on every rank of a distributed job.
+
+    On rank 0 (and in any ordinary tracked call) it is the id of :func:`get_mlflow_run`'s run, at no
+    cost. On other ranks, which have no run, it is found: from the Flyte context when rank 0 shares
+    its caller's run or resumes a given one, otherwise with one search of the tracking server per try
+    while rank 0 has not created its run yet (up to 60 s). The answer is kept for the process, so only
+    the first call costs anything. Other ranks can log to the run by id with ``MlflowClient``.
+
+    Returns:
+        The id, or ``None`` outside a tracked call or when tracking is off under ``warn``.
+
+    Raises:
+        MlflowTrackingError: on a rank other than 0, rank 0's run could not be found.
+    """
+    return _lifecycle.rank0_run_id()
 
 
 def get_mlflow_context() -> MlflowConfig | None:

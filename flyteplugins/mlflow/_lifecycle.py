@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _mlflow_state, _retries, _runstack, _signals, _sweep
+from flyteplugins.mlflow import _mlflow_state, _ranks, _retries, _runstack, _signals, _sweep
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
     MlflowConfig,
@@ -64,7 +64,7 @@ from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, d
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking.fluent import ActiveRun
 
-__all__ = ["Plan", "begin", "bound", "call_async", "call_sync", "current_run", "end", "plan"]
+__all__ = ["Plan", "begin", "bound", "call_async", "call_sync", "current_run", "end", "plan", "rank0_run_id"]
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
@@ -80,6 +80,8 @@ _CURRENT: contextvars.ContextVar[tuple[ActiveRun, str | None] | None] = contextv
     "flyteplugins_mlflow_run", default=None
 )
 _IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flyteplugins-mlflow")
+RANK0_WAIT: Final = 60.0
+"""How long a rank other than 0 waits for rank 0's run to appear when it asks for its id."""
 _runstack.set_owner_probe(current_task)
 
 
@@ -99,6 +101,88 @@ def _local_run() -> ActiveRun | None:
     """The innermost tracked run in this context, whichever task owns it (shared without a request)."""
     current = _CURRENT.get()
     return None if current is None else current[0]
+
+
+@attrs.frozen
+class Peer:
+    """On a rank other than 0: the plan rank 0 follows for the same call, and this rank's number."""
+
+    plan: Plan
+    rank: int
+
+
+# On a rank other than 0, inside an untracked call: what rank 0 does for the same call.
+_PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("flyteplugins_mlflow_peer", default=None)
+_rank0_ids: dict[tuple[str, str, str], str] = {}
+
+
+def rank0_run_id() -> str | None:
+    """The id of the run that rank 0 logs to for the running tracked call, on any rank.
+
+    Rank 0 answers from its own run. Another rank answers from the Flyte context when the id is there
+    (rank 0 shares its caller's run, or resumes one given by id), and otherwise finds rank 0's run
+    with one search per try, waiting up to :data:`RANK0_WAIT` seconds for rank 0 to create it. The
+    answer is kept, so asking again costs nothing.
+
+    Returns:
+        The id, or ``None`` outside a tracked call, or when tracking is off under ``warn``.
+
+    Raises:
+        MlflowTrackingError: the run could not be found (under ``on_tracking_error="raise"``).
+    """
+    run = current_run()
+    if run is not None:
+        return str(run.info.run_id)
+    peer = _PEER.get()
+    if peer is None:
+        return None
+    try:
+        return _peer_run_id(peer.plan, RANK0_WAIT)
+    except MlflowTrackingError as e:
+        if peer.plan.on_error is OnTrackingError.RAISE:
+            raise
+        logger.warning("rank 0's MLflow run could not be found: %s", e)
+        return None
+
+
+def _peer_run_id(p: Plan, wait: float) -> str:
+    if p.action != "create":
+        assert p.run_id is not None
+        return p.run_id
+    action_id, attempt = p.tags.get(_retries.ACTION_TAG), p.tags.get(_retries.ATTEMPTS_TAG)
+    if action_id is None or attempt is None:
+        msg = (
+            "a rank other than 0 can find rank 0's MLflow run only inside a Flyte task (the run is found by "
+            "its Flyte action); outside one, send the id from rank 0 yourself"
+        )
+        raise MlflowTrackingError(msg)
+    key = (p.tracking_uri, action_id, attempt)
+    if key not in _rank0_ids:
+        server = server_for(p.tracking_uri, p.policy)
+        experiment_id = p.experiment_id
+        if experiment_id is None:
+            experiment_id = (
+                _experiment_id(server, p.experiment_name, p.resolved_experiments)
+                if p.experiment_name
+                else "0"
+            )
+        _rank0_ids[key] = _ranks.find(server, experiment_id, action_id, attempt, wait)
+    return _rank0_ids[key]
+
+
+def _peer_failed(peer: Peer) -> None:
+    """This rank's body raised: mark rank 0's own run ``FAILED`` (never a run it only shares)."""
+    p = peer.plan
+    if p.action == "share":
+        return
+    try:
+        run_id = _peer_run_id(p, p.policy.budget())
+    except MlflowTrackingError as e:
+        logger.warning(
+            "rank %d failed, and rank 0's MLflow run could not be found to say so: %s", peer.rank, e
+        )
+        return
+    _ranks.mark_failed(server_for(p.tracking_uri, p.policy), run_id, peer.rank, _now_ms())
 
 
 # --- 1. the plan -------------------------------------------------------------------------------
@@ -453,7 +537,10 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 # --- putting it together -----------------------------------------------------------------------
 
 
-def _prepare(own: MlflowTrackingSettings, rank: int | None, task_body: bool) -> Plan | None:
+def _prepare(
+    own: MlflowTrackingSettings, rank: int | None, task_body: bool
+) -> tuple[Plan | None, Peer | None]:
+    """The plan for this call, or on a rank other than 0 ``None`` and what rank 0 does instead."""
     import mlflow
 
     snap = snapshot()
@@ -462,7 +549,13 @@ def _prepare(own: MlflowTrackingSettings, rank: int | None, task_body: bool) -> 
         # Outside Flyte, a tracked function called by another one inherits its run directly.
         snap = attrs.evolve(snap, inherited=Inherited(outer.info.run_id, outer.info.experiment_id))
     task_run = task_body and current_run() is None
-    return plan(own, rank, snap, mlflow.get_tracking_uri(), task_run=task_run)
+    uri = mlflow.get_tracking_uri()
+    p = plan(own, rank, snap, uri, task_run=task_run)
+    if p is not None:
+        return p, None
+    rank0 = plan(own, 0, snap, uri, task_run=task_run)
+    assert rank0 is not None
+    return None, Peer(rank0, rank if rank is not None else snap.env_rank or 0)
 
 
 def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:
@@ -506,7 +599,16 @@ def call_sync(
 
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function.
     """
-    p = _prepare(own, rank, task_body)
+    p, peer = _prepare(own, rank, task_body)
+    if peer is not None:
+        peer_token = _PEER.set(peer)
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            _peer_failed(peer)
+            raise
+        finally:
+            _PEER.reset(peer_token)
     opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
         return func(*args, **kwargs)
@@ -549,7 +651,16 @@ async def call_async(
 
     The function may take arguments of any name (``rank``, ``func`` and ``own`` included).
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function."""
-    p = _prepare(own, rank, task_body)
+    p, peer = _prepare(own, rank, task_body)
+    if peer is not None:
+        peer_token = _PEER.set(peer)
+        try:
+            return await func(*args, **kwargs)
+        except Exception:
+            await _complete(_peer_failed, peer)
+            raise
+        finally:
+            _PEER.reset(peer_token)
     if p is None:
         return await func(*args, **kwargs)
     opened, cancelled = await _complete(_begin_or_warn, p, _local_run())

@@ -110,7 +110,7 @@ class Server(Protocol):
         """Create a ``RUNNING`` run with its tags in one request."""
         ...
 
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str, policy: RequestPolicy | None = None) -> Run:
         """Fetch a run."""
         ...
 
@@ -219,11 +219,10 @@ class RestServer:
         reply = self._call("create a run", "runs/create", request, CreateRun.Response(), idempotent=False)
         return Run.from_proto(reply.run)
 
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str, policy: RequestPolicy | None = None) -> Run:
         """Fetch a run."""
-        reply = self._call(
-            "find the run", "runs/get", GetRun(run_id=run_id, run_uuid=run_id), GetRun.Response(), get=True
-        )
+        request = GetRun(run_id=run_id, run_uuid=run_id)
+        reply = self._call("find the run", "runs/get", request, GetRun.Response(), get=True, policy=policy)
         return Run.from_proto(reply.run)
 
     def set_status(
@@ -390,7 +389,7 @@ class StoreServer:
         )
         return run
 
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str, policy: RequestPolicy | None = None) -> Run:
         """Fetch a run."""
         run: Run = self._guard("find the run", lambda: self.client.get_run(run_id))
         return run

@@ -20,7 +20,9 @@ main thread is doing. The watcher reads the pipe and, on SIGTERM,
 
 1. takes every registered run out of the registry (each run is claimed exactly once: by the watcher,
    by the Python handler, or by the normal finalization, never twice);
-2. marks them ``KILLED``, all at once, in short-lived daemon threads, with a short request timeout,
+2. marks them ``KILLED`` (unless one has ended already: a failed rank of the same job marks rank
+   0's run ``FAILED`` before the launcher stops rank 0), all at once, in short-lived daemon threads,
+   with a short request timeout,
    one retry and an overall deadline of :data:`KILL_DEADLINE` seconds, so a dead tracking server
    cannot hold the process hostage during its grace period;
 3. ends the process the way SIGTERM would have without the plugin: the default disposition is put
@@ -215,6 +217,13 @@ def _take_all() -> list[_Owned]:
 
 
 def _mark_killed(owned: _Owned) -> None:
+    try:
+        status = owned.server.get_run(owned.run_id, KILL_POLICY).info.status
+        if status != RunStatus.to_string(RunStatus.RUNNING):
+            logger.warning("SIGTERM: MLflow run %s has already ended %s; left as it is", owned.run_id, status)
+            return  # a failed rank marked it FAILED before the launcher stopped this one
+    except Exception as e:
+        logger.debug("SIGTERM: the status of MLflow run %s could not be read: %s", owned.run_id, e)
     try:
         owned.server.set_status(
             owned.run_id, RunStatus.to_string(RunStatus.KILLED), int(time.time() * 1000), KILL_POLICY

@@ -29,6 +29,7 @@ from flyteplugins.mlflow import (
     TrackingServerUnreachable,
     get_mlflow_context,
     get_mlflow_run,
+    get_mlflow_run_id,
     mlflow_config,
     mlflow_run,
 )
@@ -175,6 +176,7 @@ assert_type(tracker.config(), MlflowConfig)
 assert_type(tracker.link(), Mlflow)
 assert_type(tracker.link(name="Study"), Mlflow)
 assert_type(get_mlflow_run(), ActiveRun | None)
+assert_type(get_mlflow_run_id(), str | None)
 assert_type(get_mlflow_context(), MlflowConfig | None)
 
 as_mapping: Mapping[str, str] = tracker.config()
