@@ -256,3 +256,16 @@ def test_rank_one_outside_flyte_cannot_find_rank_0s_run(tracking_uri: str) -> No
 
     with pytest.raises(MlflowTrackingError, match="only inside a Flyte task"):
         body()
+
+
+def test_rank_one_under_warn_gets_none_when_the_run_cannot_be_found(
+    tracking_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ``on_tracking_error="warn"`` a rank that cannot find rank 0's run gets ``None`` and a warning."""
+
+    @MlflowRun(rank=1, tracking_uri=tracking_uri, on_tracking_error="warn")
+    def body() -> str | None:
+        return get_mlflow_run_id()
+
+    assert body() is None
+    assert any("rank 0's MLflow run could not be found" in r.getMessage() for r in caplog.records)

@@ -64,7 +64,10 @@ def run_pod(action: Action) -> dict[str, Any]:
     ranks = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in action.workdir.glob("rank-*.json")}
     return {
         "code": proc.returncode,
-        "failed": action.failed(),
+        # The task failed: Flyte wrote its error file, or the pod's process died before it could. (When
+        # a rank dies mid-collective, gloo's message on the other rank holds "[/path:line]", and
+        # Flyte's rich log handler, with markup on, raises on it while reporting the failure.)
+        "failed": action.failed() or proc.returncode != 0,
         "log": out.decode(errors="replace")[-4000:],
         "ranks": ranks,
     }
