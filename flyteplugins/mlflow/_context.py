@@ -140,9 +140,6 @@ def env_rank() -> int | None:
     return None
 
 
-_env_rank = env_rank
-
-
 def snapshot() -> TaskSnapshot:
     """Read the current task's context.
 
@@ -150,7 +147,7 @@ def snapshot() -> TaskSnapshot:
         ValueError: a malformed ``mlflow_*`` entry in ``custom_context``, or a malformed ``RANK`` or
             ``TORCHELASTIC_RESTART_COUNT``.
     """
-    rank = _env_rank()
+    rank = env_rank()
     tctx = flyte.ctx()
     if not tctx:
         return TaskSnapshot(env_rank=rank)

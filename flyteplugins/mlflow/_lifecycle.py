@@ -80,8 +80,6 @@ _CURRENT: contextvars.ContextVar[tuple[ActiveRun, str | None] | None] = contextv
     "flyteplugins_mlflow_run", default=None
 )
 _IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flyteplugins-mlflow")
-RANK0_WAIT: Final = 60.0
-"""How long a rank other than 0 waits for rank 0's run to appear when it asks for its id."""
 _runstack.set_owner_probe(current_task)
 
 
@@ -103,26 +101,10 @@ def _local_run() -> ActiveRun | None:
     return None if current is None else current[0]
 
 
-@attrs.frozen
-class Peer:
-    """On a rank other than 0: the plan rank 0 follows for the same call, and this rank's number."""
-
-    plan: Plan
-    rank: int
-
-
-# On a rank other than 0, inside an untracked call: what rank 0 does for the same call.
-_PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("flyteplugins_mlflow_peer", default=None)
-_rank0_ids: dict[tuple[str, str, str], str] = {}
-
-
 def rank0_run_id() -> str | None:
     """The id of the run that rank 0 logs to for the running tracked call, on any rank.
 
-    Rank 0 answers from its own run. Another rank answers from the Flyte context when the id is there
-    (rank 0 shares its caller's run, or resumes one given by id), and otherwise finds rank 0's run
-    with one search per try, waiting up to :data:`RANK0_WAIT` seconds for rank 0 to create it. The
-    answer is kept, so asking again costs nothing.
+    Rank 0 answers from its own run; another rank asks :mod:`flyteplugins.mlflow._ranks`.
 
     Returns:
         The id, or ``None`` outside a tracked call, or when tracking is off under ``warn``.
@@ -133,56 +115,11 @@ def rank0_run_id() -> str | None:
     run = current_run()
     if run is not None:
         return str(run.info.run_id)
-    peer = _PEER.get()
-    if peer is None:
-        return None
-    try:
-        return _peer_run_id(peer.plan, RANK0_WAIT)
-    except MlflowTrackingError as e:
-        if peer.plan.on_error is OnTrackingError.RAISE:
-            raise
-        logger.warning("rank 0's MLflow run could not be found: %s", e)
-        return None
+    return _ranks.peer_run_id(_resolve_experiment)
 
 
-def _peer_run_id(p: Plan, wait: float) -> str:
-    if p.action != "create":
-        assert p.run_id is not None
-        return p.run_id
-    action_id, attempt = p.tags.get(_retries.ACTION_TAG), p.tags.get(_retries.ATTEMPTS_TAG)
-    if action_id is None or attempt is None:
-        msg = (
-            "a rank other than 0 can find rank 0's MLflow run only inside a Flyte task (the run is found by "
-            "its Flyte action); outside one, send the id from rank 0 yourself"
-        )
-        raise MlflowTrackingError(msg)
-    key = (p.tracking_uri, action_id, attempt)
-    if key not in _rank0_ids:
-        server = server_for(p.tracking_uri, p.policy)
-        experiment_id = p.experiment_id
-        if experiment_id is None:
-            experiment_id = (
-                _experiment_id(server, p.experiment_name, p.resolved_experiments)
-                if p.experiment_name
-                else "0"
-            )
-        _rank0_ids[key] = _ranks.find(server, experiment_id, action_id, attempt, wait)
-    return _rank0_ids[key]
-
-
-def _peer_failed(peer: Peer) -> None:
-    """This rank's body raised: mark rank 0's own run ``FAILED`` (never a run it only shares)."""
-    p = peer.plan
-    if p.action == "share":
-        return
-    try:
-        run_id = _peer_run_id(p, p.policy.budget())
-    except MlflowTrackingError as e:
-        logger.warning(
-            "rank %d failed, and rank 0's MLflow run could not be found to say so: %s", peer.rank, e
-        )
-        return
-    _ranks.mark_failed(server_for(p.tracking_uri, p.policy), run_id, peer.rank, _now_ms())
+def _resolve_experiment(server: Server, name: str, known: Mapping[str, str]) -> str:
+    return _experiment_id(server, name, known)
 
 
 # --- 1. the plan -------------------------------------------------------------------------------
@@ -539,7 +476,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 
 def _prepare(
     own: MlflowTrackingSettings, rank: int | None, task_body: bool
-) -> tuple[Plan | None, Peer | None]:
+) -> tuple[Plan | None, _ranks.Peer | None]:
     """The plan for this call, or on a rank other than 0 ``None`` and what rank 0 does instead."""
     import mlflow
 
@@ -555,7 +492,24 @@ def _prepare(
         return p, None
     rank0 = plan(own, 0, snap, uri, task_run=task_run)
     assert rank0 is not None
-    return None, Peer(rank0, rank if rank is not None else snap.env_rank or 0)
+    return None, _peer(rank0, rank if rank is not None else snap.env_rank or 0)
+
+
+def _peer(rank0: Plan, rank: int) -> _ranks.Peer:
+    """What a rank other than 0 needs to know of rank 0's plan for the same call."""
+    return _ranks.Peer(
+        rank=rank,
+        tracking_uri=rank0.tracking_uri,
+        policy=rank0.policy,
+        on_error=rank0.on_error,
+        shared=rank0.action == "share",
+        run_id=rank0.run_id if rank0.action != "create" else None,
+        action_id=rank0.tags.get(_retries.ACTION_TAG),
+        attempt=rank0.tags.get(_retries.ATTEMPTS_TAG),
+        experiment_id=rank0.experiment_id,
+        experiment_name=rank0.experiment_name,
+        resolved_experiments=rank0.resolved_experiments,
+    )
 
 
 def _begin_or_warn(p: Plan, local_run: ActiveRun | None) -> Opened | None:
@@ -601,14 +555,12 @@ def call_sync(
     """
     p, peer = _prepare(own, rank, task_body)
     if peer is not None:
-        peer_token = _PEER.set(peer)
-        try:
-            return func(*args, **kwargs)
-        except Exception:
-            _peer_failed(peer)
-            raise
-        finally:
-            _PEER.reset(peer_token)
+        with _ranks.scope(peer):
+            try:
+                return func(*args, **kwargs)
+            except Exception:
+                _ranks.peer_failed(peer, _resolve_experiment, _now_ms())
+                raise
     opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
         return func(*args, **kwargs)
@@ -653,14 +605,12 @@ async def call_async(
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function."""
     p, peer = _prepare(own, rank, task_body)
     if peer is not None:
-        peer_token = _PEER.set(peer)
-        try:
-            return await func(*args, **kwargs)
-        except Exception:
-            await _complete(_peer_failed, peer)
-            raise
-        finally:
-            _PEER.reset(peer_token)
+        with _ranks.scope(peer):
+            try:
+                return await func(*args, **kwargs)
+            except Exception:
+                await _complete(_ranks.peer_failed, peer, _resolve_experiment, _now_ms())
+                raise
     if p is None:
         return await func(*args, **kwargs)
     opened, cancelled = await _complete(_begin_or_warn, p, _local_run())

@@ -14,28 +14,139 @@ untracked and sends nothing. Two things may still need rank 0's run there:
   first marks rank 0's run ``FAILED`` and tags it with ``flyte.failed_rank``, and rank 0's SIGTERM
   handling leaves a run that has already ended as it is.
 
-Both are plain functions of a server and the values that identify the run; the lifecycle module
-decides when to call them.
+The lifecycle module hands this module a :class:`Peer` (what this rank knows of rank 0's plan for
+the same call) and binds it for the call with :func:`scope`; :func:`peer_run_id` and
+:func:`peer_failed` work from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
+import attrs
+
+from flyteplugins.mlflow._config import OnTrackingError
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
 from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG, filter_equals
-from flyteplugins.mlflow._server import Server
+from flyteplugins.mlflow._server import RequestPolicy, Server, server_for
 from mlflow.entities import RunStatus
 
-__all__ = ["FAILED_RANK_TAG", "POLL", "find", "mark_failed"]
+__all__ = [
+    "FAILED_RANK_TAG",
+    "POLL",
+    "RANK0_WAIT",
+    "Peer",
+    "find",
+    "mark_failed",
+    "peer_failed",
+    "peer_run_id",
+    "scope",
+]
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
 FAILED_RANK_TAG: Final = "flyte.failed_rank"
 POLL: Final = 0.5
 """Seconds between two searches for a run that rank 0 has not created yet."""
+RANK0_WAIT: Final = 60.0
+"""How long a rank other than 0 waits for rank 0's run to appear when it asks for its id."""
+
+ResolveExperiment = Callable[[Server, str, Mapping[str, str]], str]
+"""Resolves an experiment name to its id (the lifecycle's per-process cache), given known ids."""
+
+
+@attrs.frozen(kw_only=True)
+class Peer:
+    """On a rank other than 0: what rank 0 does for the same call, and this rank's number.
+
+    ``run_id`` is set when rank 0 uses a run it did not create (shared, or resumed by id);
+    ``action_id`` and ``attempt`` are the tags of the run rank 0 creates otherwise.
+    """
+
+    rank: int
+    tracking_uri: str
+    policy: RequestPolicy
+    on_error: OnTrackingError
+    shared: bool
+    run_id: str | None
+    action_id: str | None
+    attempt: str | None
+    experiment_id: str | None
+    experiment_name: str | None
+    resolved_experiments: Mapping[str, str]
+
+
+_PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("flyteplugins_mlflow_peer", default=None)
+_found: dict[tuple[str, str, str], str] = {}
+
+
+@contextlib.contextmanager
+def scope(peer: Peer) -> Iterator[None]:
+    """Bind ``peer`` for an untracked call on a rank other than 0."""
+    token = _PEER.set(peer)
+    try:
+        yield
+    finally:
+        _PEER.reset(token)
+
+
+def peer_run_id(resolve: ResolveExperiment) -> str | None:
+    """Rank 0's run id, for the untracked call of this rank that is running (``None`` outside one).
+
+    Free when the id is known from the context; otherwise :func:`find`, once per process.
+
+    Raises:
+        MlflowTrackingError: the run could not be found (under ``on_tracking_error="raise"``).
+    """
+    peer = _PEER.get()
+    if peer is None:
+        return None
+    try:
+        return _run_id(peer, resolve, RANK0_WAIT)
+    except MlflowTrackingError as e:
+        if peer.on_error is OnTrackingError.RAISE:
+            raise
+        logger.warning("rank 0's MLflow run could not be found: %s", e)
+        return None
+
+
+def peer_failed(peer: Peer, resolve: ResolveExperiment, end_ms: int) -> None:
+    """This rank's body raised: mark rank 0's own run ``FAILED`` (never a run it only shares)."""
+    if peer.shared:
+        return
+    try:
+        run_id = _run_id(peer, resolve, peer.policy.budget())
+    except MlflowTrackingError as e:
+        logger.warning(
+            "rank %d failed, and rank 0's MLflow run could not be found to say so: %s", peer.rank, e
+        )
+        return
+    mark_failed(server_for(peer.tracking_uri, peer.policy), run_id, peer.rank, end_ms)
+
+
+def _run_id(peer: Peer, resolve: ResolveExperiment, wait: float) -> str:
+    if peer.run_id is not None:
+        return peer.run_id
+    if peer.action_id is None or peer.attempt is None:
+        msg = (
+            "a rank other than 0 can find rank 0's MLflow run only inside a Flyte task (the run is found by "
+            "its Flyte action); outside one, send the id from rank 0 yourself"
+        )
+        raise MlflowTrackingError(msg)
+    key = (peer.tracking_uri, peer.action_id, peer.attempt)
+    if key not in _found:
+        server = server_for(peer.tracking_uri, peer.policy)
+        experiment_id = peer.experiment_id
+        if experiment_id is None:
+            name = peer.experiment_name
+            experiment_id = resolve(server, name, peer.resolved_experiments) if name else "0"
+        _found[key] = find(server, experiment_id, peer.action_id, peer.attempt, wait)
+    return _found[key]
 
 
 def find(server: Server, experiment_id: str, action_id: str, attempt: str, wait: float) -> str:
