@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test pytest typecheck lint bench clean
+.PHONY: venv browser demo test pytest typecheck lint bench clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) examples/quickstart.py
 
-test: venv pytest typecheck lint
+test: venv browser pytest typecheck lint
+
+# The browser tests drive Debian's headless chromium; install it where it is missing.
+browser:
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 pytest: venv
 	$(PY) -m pytest --durations=15

@@ -17,6 +17,7 @@ import flyte
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.support import MlflowServer, free_port
 
@@ -82,3 +83,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stray = Path(session.config.rootpath) / "mlruns"
     if stray.exists() and not any(stray.iterdir()):
         shutil.rmtree(stray)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's package, which ``make test`` installs), driven by Playwright."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` (or set CHROMIUM to its path)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
