@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo test pytest typecheck lint bench clean
+.PHONY: venv browser demo ui test pytest typecheck lint bench clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(PY) examples/quickstart.py
+
+# The MLflow UI on the demo's store (run `make demo` first), at the address it prints; Ctrl-C stops it.
+ui: venv
+	$(PY) examples/ui.py
 
 test: venv browser pytest typecheck lint
 

@@ -189,6 +189,7 @@ def main(tracking_uri: str | None = None, n_folds: int = 3) -> QuickstartRuns:
     if ui:
         print(f"\nTo browse them, run this from {Path.cwd()} and open {UI_ADDRESS}:")
         print(f"  {ui}")
+        print("or run `make ui`, which prints the address of this experiment's runs.")
     return runs
 
 

@@ -7,21 +7,26 @@ makes without trusting the plugin's own bookkeeping.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import flyte
 import mlflow
 import pytest
+from flyte._persistence._db import LocalDB
+from flyte._persistence._run_store import RunStore
+from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.support import MlflowServer, free_port
 
-__all__ = ["MlflowServer", "free_port"]
+__all__ = ["Links", "MlflowServer", "Recorded", "free_port"]
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +104,50 @@ def browser() -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
+
+
+Links = dict[str, list[tuple[str, str]]]
+
+
+class Recorded:
+    """Runs workflows with run recording on, and reads back the links each task's action recorded."""
+
+    def run(self, task: Any, custom_context: Any, **inputs: Any) -> tuple[Any, Links]:
+        """Run ``task`` locally; return its output and ``{task function name: [(name, url), ...]}``."""
+        name = f"links-{uuid.uuid4().hex[:16]}"
+        result = flyte.with_runcontext(mode="local", name=name, custom_context=custom_context).run(
+            task, **inputs
+        )
+        output = result.outputs()[0]
+        links: Links = {}
+        for record in RunStore.list_actions_for_run_sync(name):
+            if record.action_name == "a0" or record.task_name is None:
+                continue
+            short = record.task_name.rsplit(".", 1)[-1]
+            pairs = json.loads(record.log_links) if record.log_links else []
+            links.setdefault(short, []).extend((str(n), str(u)) for n, u in pairs)
+        return output, links
+
+
+def _forget_store() -> None:
+    """Close Flyte's local store and forget the config file it was located by, so it is found anew."""
+    LocalDB.close_sync()  # type: ignore[no-untyped-call]
+    get_config_file.cache_clear()
+
+
+@pytest.fixture
+def recorded(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
+    """Turn Flyte's local run recording on, into a store in a temporary directory, for one test."""
+    store = tmp_path_factory.mktemp("flyte-run-store")
+    config = store / "config.yaml"
+    config.write_text("")
+    monkeypatch.delenv("UCTL_CONFIG", raising=False)
+    monkeypatch.setenv("FLYTECTL_CONFIG", str(config))
+    _forget_store()
+    flyte.init(local_persistence=True)
+    try:
+        yield Recorded()
+    finally:
+        flyte.init()
+        _forget_store()
+    assert (store / "local-cache" / "cache.db").exists(), "the run store was not written where expected"

@@ -5,7 +5,9 @@ reads the inputs file its parent wrote (the values and the parent's ``custom_con
 through ``load_and_run_task``. :func:`run` does the same, minus the cluster: no controller (these tasks
 start no tasks of their own) and local paths for inputs, outputs and checkpoints. The attempt number
 comes from ``FLYTE_ATTEMPT_NUMBER``, which Flyte reads as the backend sets it; ``TEST_CHECKPOINT_PATH``
-and ``TEST_PREV_CHECKPOINT_PATH``, when set, are the checkpoint paths the backend gives an attempt.
+and ``TEST_PREV_CHECKPOINT_PATH``, when set, are the checkpoint paths the backend gives an attempt;
+``TEST_FLYTE_ENDPOINT``, when set, gives the task a Flyte client for that endpoint, as a pod that can
+start tasks has (nothing is contacted until a call is made).
 
 This module does not import the plugin, so a task module that does not either runs without it.
 """
@@ -34,7 +36,7 @@ def run(module: str, argv: list[str]) -> int:
         if checkpoint
         else None
     )
-    flyte.init(project="tests", domain="development")
+    flyte.init(project="tests", domain="development", endpoint=os.environ.get("TEST_FLYTE_ENDPOINT"))
     asyncio.run(
         load_and_run_task(
             action=ActionID(name=action_name, run_name=run_name, project="tests", domain="development"),

@@ -237,6 +237,17 @@ def _read_request(conn: socket.socket) -> bytes:
     return data
 
 
+SCREENSHOTS_ENV = "FLYTE_MLFLOW_SCREENSHOTS"
+"""Where the browser tests save their screenshots: set it to ``docs/images`` to refresh the docs' pictures."""
+
+
+def screenshot_path(name: str, fallback: Path) -> Path:
+    """The file for the screenshot ``name``: in ``$FLYTE_MLFLOW_SCREENSHOTS`` when set, else ``fallback``."""
+    directory = Path(os.environ.get(SCREENSHOTS_ENV) or fallback)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.png"
+
+
 def own_run_id() -> str:
     """The id of the plugin's run for the calling task (asserting there is one)."""
     run = get_mlflow_run()

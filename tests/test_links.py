@@ -2,25 +2,20 @@
 
 Flyte renders a task's links when its caller submits it, from the caller's context, and with
 ``flyte.init(local_persistence=True)`` it stores the rendered ``(name, url)`` pairs of every action
-in its local run store. The ``recorded`` fixture points that store at a temporary directory and
-reads the pairs back per task.
+in its local run store. The ``recorded`` fixture (in ``conftest``) points that store at a temporary
+directory and reads the pairs back per task.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import flyte
 import pytest
-from flyte._persistence._db import LocalDB
-from flyte._persistence._run_store import RunStore
-from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
+from tests.conftest import Recorded
 from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="links-tests")
@@ -136,51 +131,6 @@ async def tracker_host_parent() -> dict[str, str]:
 @env.task
 async def untracked_parent() -> str:
     return await auto_child()
-
-
-Links = dict[str, list[tuple[str, str]]]
-
-
-class Recorded:
-    """Runs workflows with run recording on, and reads back the links each task's action recorded."""
-
-    def run(self, task: Any, custom_context: Any) -> tuple[Any, Links]:
-        """Run ``task`` locally; return its output and ``{task function name: [(name, url), ...]}``."""
-        name = f"links-{uuid.uuid4().hex[:16]}"
-        result = flyte.with_runcontext(mode="local", name=name, custom_context=custom_context).run(task)
-        output = result.outputs()[0]
-        links: Links = {}
-        for record in RunStore.list_actions_for_run_sync(name):
-            if record.action_name == "a0" or record.task_name is None:
-                continue
-            short = record.task_name.rsplit(".", 1)[-1]
-            pairs = json.loads(record.log_links) if record.log_links else []
-            links.setdefault(short, []).extend((str(n), str(u)) for n, u in pairs)
-        return output, links
-
-
-def _forget_store() -> None:
-    """Close Flyte's local store and forget the config file it was located by, so it is found anew."""
-    LocalDB.close_sync()  # type: ignore[no-untyped-call]
-    get_config_file.cache_clear()
-
-
-@pytest.fixture
-def recorded(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
-    """Turn Flyte's local run recording on, into a store in a temporary directory, for one test."""
-    store = tmp_path_factory.mktemp("flyte-run-store")
-    config = store / "config.yaml"
-    config.write_text("")
-    monkeypatch.delenv("UCTL_CONFIG", raising=False)
-    monkeypatch.setenv("FLYTECTL_CONFIG", str(config))
-    _forget_store()
-    flyte.init(local_persistence=True)
-    try:
-        yield Recorded()
-    finally:
-        flyte.init()
-        _forget_store()
-    assert (store / "local-cache" / "cache.db").exists(), "the run store was not written where expected"
 
 
 def _url(host: str, experiment_id: str, run_id: str) -> str:

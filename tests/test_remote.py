@@ -143,12 +143,12 @@ async def parent(child_name: str, value: float, workdir: str) -> str:
 
 
 def _run_parent(
-    child_name: str, tmp_path: Path, tracking_uri: str, experiment_id: str, value: float
+    child_name: str, tmp_path: Path, tracking_uri: str, experiment_id: str, value: float, **settings: Any
 ) -> dict[str, Any]:
     workdir = tmp_path / child_name
     workdir.mkdir()
     ctx = mlflow_config(
-        tracking_uri=tracking_uri, experiment_id=experiment_id, tags={"origin": "remote-test"}
+        tracking_uri=tracking_uri, experiment_id=experiment_id, tags={"origin": "remote-test"}, **settings
     )
     report = (
         flyte.with_runcontext(mode="local", custom_context=ctx)

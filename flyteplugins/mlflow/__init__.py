@@ -15,9 +15,11 @@ from flyteplugins.mlflow._api import (
 from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, RunMode
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._link import Mlflow
+from flyteplugins.mlflow._own_link import LinkTarget
 from flyteplugins.mlflow._run import MlflowRun
 
 __all__ = [
+    "LinkTarget",
     "Mlflow",
     "MlflowConfig",
     "MlflowRun",

@@ -48,6 +48,8 @@ class ConfigOptions(TypedDict, total=False):
     autolog_kwargs: Mapping[str, Any] | None
     link_host: str | None
     link_template: str | None
+    own_link_template: str | None
+    flyte_console_url: str | None
     on_tracking_error: OnTrackingError | Literal["raise", "warn"]
     async_logging: bool
     on_retry: OnRetry | Literal["new", "resume"]

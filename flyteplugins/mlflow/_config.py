@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from flyteplugins.mlflow._backlink import check_console_url
+
 __all__ = [
     "CONTEXT_PREFIX",
     "MlflowConfig",
@@ -42,6 +44,11 @@ __all__ = [
 CONTEXT_PREFIX: Final = "mlflow_"
 DEFAULT_LINK_TEMPLATE: Final = "{host}/#/experiments/{experiment_id}/runs/{run_id}"
 LINK_FIELDS: Final = frozenset({"host", "experiment_id", "run_id"})
+DEFAULT_OWN_LINK_TEMPLATE: Final = (
+    "{host}/#/experiments/{experiment_id}/runs?searchFilter={filter}"
+    "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true&workflowType=machine_learning"
+)
+OWN_LINK_FIELDS: Final = frozenset({"host", "experiment_id", "filter"})
 START_RUN_KWARGS: Final = {"description": str, "log_system_metrics": bool}
 
 
@@ -367,27 +374,47 @@ def _link_template(instance: object, attribute: attrs.Attribute[Any], value: str
         check_link_template(value)
 
 
-def check_link_template(template: str) -> None:
-    """Check that a link template only uses ``{host}``, ``{experiment_id}`` and ``{run_id}``.
+def _own_link_template(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _optional_text(instance, attribute, value)
+    if value is not None:
+        check_link_template(value, attribute.name, OWN_LINK_FIELDS)
+
+
+def _console_url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _tracking_uri(instance, attribute, value)
+    if value is not None:
+        check_console_url(attribute.name, value)
+
+
+def check_link_template(
+    template: str, setting: str = "link_template", fields: frozenset[str] = LINK_FIELDS
+) -> None:
+    """Check that a link template only uses the placeholders ``fields`` (by default ``{host}``,
+    ``{experiment_id}`` and ``{run_id}``).
+
+    Args:
+        template: the template.
+        setting: the setting's name, for the error message.
+        fields: the placeholders allowed.
 
     Raises:
         ValueError: the template uses another name, a positional field, attribute or index access,
             a conversion or format spec, or is not a valid format string.
     """
-    allowed = ", ".join("{" + f + "}" for f in sorted(LINK_FIELDS))
+    allowed = ", ".join("{" + f + "}" for f in sorted(fields))
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        msg = f"link_template {template!r} is not a valid format string ({e}); use only {allowed}"
+        msg = f"{setting} {template!r} is not a valid format string ({e}); use only {allowed}"
         raise ValueError(msg) from None
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
-        if field not in LINK_FIELDS or spec or conversion:
+        if field not in fields or spec or conversion:
             shown = (
                 "{" + field + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
             )
-            msg = f"link_template {template!r} uses {shown}; the only allowed placeholders are {allowed}"
+            msg = f"{setting} {template!r} uses {shown}; the only allowed placeholders are {allowed}"
             raise ValueError(msg)
 
 
@@ -438,6 +465,8 @@ class MlflowTrackingSettings:
     autolog_kwargs: Mapping[str, Any] = attrs.field(default=None, converter=_autolog_kwargs)
     link_host: str | None = attrs.field(default=None, validator=_tracking_uri)
     link_template: str | None = attrs.field(default=None, validator=_link_template)
+    own_link_template: str | None = attrs.field(default=None, validator=_own_link_template)
+    flyte_console_url: str | None = attrs.field(default=None, validator=_console_url)
     run_kwargs: Mapping[str, Any] = attrs.field(default=None, converter=_run_kwargs)
     on_tracking_error: OnTrackingError = attrs.field(
         default=OnTrackingError.RAISE, converter=to_on_tracking_error

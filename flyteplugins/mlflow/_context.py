@@ -22,6 +22,7 @@ from typing import Final
 
 import attrs
 import flyte
+from flyte.models import ActionID
 
 from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowConfig, decode, encode
 
@@ -94,6 +95,7 @@ class TaskSnapshot:
     env_rank: int | None = None
     restart: int = 0
     action_id: str | None = None
+    flyte_url: str | None = None
 
     @property
     def retried(self) -> bool:
@@ -171,7 +173,26 @@ def snapshot() -> TaskSnapshot:
         action_id="/".join(
             str(part or "") for part in (action.project, action.domain, action.run_name, action.name)
         ),
+        flyte_url=_console_action_url(action) if tctx.mode == "remote" else None,
     )
+
+
+def _console_action_url(action: ActionID) -> str | None:
+    """The console address of a remote task's action, from Flyte's own client; ``None`` without a client.
+
+    A task pod that can start tasks has a client (``flyte.init_in_cluster``); its console is where the
+    client's endpoint serves it. The ``flyte_console_url`` setting wins over this.
+    """
+    from flyte._initialize import _get_init_config
+
+    config = _get_init_config()
+    client = config.client if config is not None else None
+    if client is None or not (action.project and action.domain and action.run_name and action.name):
+        return None
+    url: str = client.console.action_url(
+        project=action.project, domain=action.domain, run_name=action.run_name, action_name=action.name
+    )
+    return url
 
 
 def current_task() -> str | None:

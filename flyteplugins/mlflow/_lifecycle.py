@@ -39,7 +39,8 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _mlflow_state, _ranks, _retries, _runstack, _signals, _sweep
+from flyteplugins.mlflow import _backlink, _mlflow_state, _ranks, _retries, _runstack, _signals, _sweep
+from flyteplugins.mlflow._backlink import NOTE_TAG
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
     MlflowConfig,
@@ -72,7 +73,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 PARENT_TAG: Final = "mlflow.parentRunId"
-NOTE_TAG: Final = "mlflow.note.content"
 ATTEMPT_TAG: Final = "flyte.attempt"
 
 # The run of the innermost tracked call in this context, and the Flyte task it belongs to.
@@ -162,19 +162,29 @@ def _default_experiment() -> tuple[str | None, str | None]:
     return None, os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
 
 
-def _experiment(
-    own: MlflowTrackingSettings, ctx: MlflowConfig, mode: RunMode, snap: TaskSnapshot
+def planned_experiment(
+    own_id: str | None, own_name: str | None, ctx: MlflowConfig, mode: RunMode, inherited: Inherited
 ) -> tuple[str | None, str | None]:
-    if own.experiment_id or own.experiment_name:
-        return own.experiment_id, own.experiment_name
-    parent_experiment = snap.inherited.experiment_id if snap.inherited.run_id else None
+    """The experiment (id, name) a new run goes into, before MLflow's defaults: ``(None, None)`` for those.
+
+    The tracker's own experiment, then for ``nested`` the parent's, then the context's, then the
+    caller's. Links to a task's own run make the same choice when they are rendered.
+    """
+    if own_id or own_name:
+        return own_id, own_name
+    parent_experiment = inherited.experiment_id if inherited.run_id else None
     if mode is RunMode.NESTED and parent_experiment:
         return parent_experiment, None
     if ctx.experiment_id or ctx.experiment_name:
         return ctx.experiment_id, ctx.experiment_name
-    if parent_experiment:
-        return parent_experiment, None
-    return _default_experiment()
+    return parent_experiment, None
+
+
+def _experiment(
+    own: MlflowTrackingSettings, ctx: MlflowConfig, mode: RunMode, snap: TaskSnapshot
+) -> tuple[str | None, str | None]:
+    chosen = planned_experiment(own.experiment_id, own.experiment_name, ctx, mode, snap.inherited)
+    return chosen if chosen != (None, None) else _default_experiment()
 
 
 def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Autolog | None:
@@ -206,6 +216,7 @@ def plan(
     default_uri: str,
     *,
     task_run: bool = True,
+    task_name: str | None = None,
 ) -> Plan | None:
     """Decide what a tracked call does, from the tracker's settings and the task's context.
 
@@ -213,7 +224,8 @@ def plan(
     ``default_uri``), then MLflow's defaults. A tracker's ``AUTO`` run mode defers to the context.
     ``task_run`` says that this call is a Flyte task's body with no tracked call of the same task
     around it: only such a call's run is the task's own, the one that retries look up and whose end
-    sweeps the runs under it.
+    sweeps the runs under it. ``task_name`` (the task's short function name) names a run created
+    without a ``run_name``.
 
     Returns:
         The plan, or ``None`` when this process's rank is not 0 and must not log.
@@ -224,7 +236,7 @@ def plan(
     ctx = snap.config or MlflowConfig()
     mode = own.run_mode if own.run_mode is not RunMode.AUTO else ctx.run_mode
     run_id = own.run_id or (None if own.run_name else ctx.run_id)
-    run_name = own.run_name or (None if own.run_id else ctx.run_name)
+    run_name = own.run_name or (None if own.run_id else ctx.run_name) or (None if run_id else task_name)
     parent = snap.inherited.run_id
 
     tags: dict[str, str] = dict(snap.flyte_tags)
@@ -240,7 +252,7 @@ def plan(
     for name in ("run_id", "run_name"):
         if getattr(ctx, name) is not None:
             passed_down[CONTEXT_PREFIX + name] = ""  # one run per identity: children don't reuse it
-    for name in ("tracking_uri", "link_host", "link_template"):
+    for name in ("tracking_uri", "link_host", "link_template", "own_link_template", "flyte_console_url"):
         value = getattr(own, name)
         if value is not None:
             passed_down[CONTEXT_PREFIX + name] = value
@@ -254,6 +266,13 @@ def plan(
         action = "create"
         if mode is RunMode.NESTED and parent is not None:
             tags[PARENT_TAG] = parent
+    console = own.flyte_console_url or ctx.flyte_console_url
+    flyte_url = _backlink.action_url(console, snap.flyte_tags) if console else snap.flyte_url
+    if flyte_url:
+        back = _backlink.tags_for(flyte_url, snap.flyte_tags, tags.get(NOTE_TAG))
+        if action == "resume":  # a run made before: its description stays as it is
+            del back[NOTE_TAG]
+        tags.update(back)
     retry: OnRetry | None = None
     sweep_root: str | None = None
     if snap.in_task and snap.action_id is not None:
@@ -475,7 +494,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
 
 
 def _prepare(
-    own: MlflowTrackingSettings, rank: int | None, task_body: bool
+    own: MlflowTrackingSettings, rank: int | None, task_body: bool, func: Callable[..., Any]
 ) -> tuple[Plan | None, _ranks.Peer | None]:
     """The plan for this call, or on a rank other than 0 ``None`` and what rank 0 does instead."""
     import mlflow
@@ -487,10 +506,11 @@ def _prepare(
         snap = attrs.evolve(snap, inherited=Inherited(outer.info.run_id, outer.info.experiment_id))
     task_run = task_body and current_run() is None
     uri = mlflow.get_tracking_uri()
-    p = plan(own, rank, snap, uri, task_run=task_run)
+    name = getattr(func, "__name__", None)
+    p = plan(own, rank, snap, uri, task_run=task_run, task_name=name)
     if p is not None:
         return p, None
-    rank0 = plan(own, 0, snap, uri, task_run=task_run)
+    rank0 = plan(own, 0, snap, uri, task_run=task_run, task_name=name)
     assert rank0 is not None
     return None, _peer(rank0, rank if rank is not None else snap.env_rank or 0)
 
@@ -553,7 +573,7 @@ def call_sync(
 
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function.
     """
-    p, peer = _prepare(own, rank, task_body)
+    p, peer = _prepare(own, rank, task_body, func)
     if peer is not None:
         with _ranks.scope(peer):
             try:
@@ -603,7 +623,7 @@ async def call_async(
 
     The function may take arguments of any name (``rank``, ``func`` and ``own`` included).
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function."""
-    p, peer = _prepare(own, rank, task_body)
+    p, peer = _prepare(own, rank, task_body, func)
     if peer is not None:
         with _ranks.scope(peer):
             try:

@@ -1,8 +1,9 @@
 """The ``Mlflow`` link: a pure function of the context Flyte gives it when a task is submitted.
 
 Flyte renders a task's links in the *calling* task's process, at the moment the task is submitted,
-from the caller's ``custom_context``. The run a task will create does not exist yet, so a link can
-only point at the caller's run, which a tracked caller announces in its children's context:
+from the caller's ``custom_context``. The run a task will create does not exist yet, so by default
+(``target=LinkTarget.CALLER``) a link points at the caller's run, which a tracked caller announces in
+its children's context:
 
 ===========  =======================================================================
 run mode     link
@@ -12,8 +13,10 @@ run mode     link
 ``nested``   the caller's run, the parent, named "MLflow (parent)" by default
 ===========  =======================================================================
 
-An explicit ``link`` is shown as it is. The run mode is the one the link is bound to (a tracker
-binds the links of the tasks it decorates, on its decorated copy), else the one in the context.
+``target=LinkTarget.OWN`` points at the task's own run in every mode instead (see
+:mod:`flyteplugins.mlflow._own_link`). An explicit ``link`` is shown as it is. The run mode is the
+one the link is bound to (a tracker binds the links of the tasks it decorates, on its decorated
+copy), else the one in the context.
 """
 
 from __future__ import annotations
@@ -23,16 +26,11 @@ from typing import Any, Final
 import attrs
 import flyte
 
-from flyteplugins.mlflow._config import (
-    DEFAULT_LINK_TEMPLATE,
-    RunMode,
-    check_link_template,
-    decode,
-    to_run_mode,
-)
+from flyteplugins.mlflow._config import RunMode, decode, to_run_mode
 from flyteplugins.mlflow._context import Inherited
+from flyteplugins.mlflow._own_link import LinkTarget, own_run_url, run_page_url, to_link_target
 
-__all__ = ["DEFAULT_NAME", "PARENT_NAME", "Mlflow"]
+__all__ = ["DEFAULT_NAME", "PARENT_NAME", "LinkTarget", "Mlflow"]
 
 DEFAULT_NAME: Final = "MLflow"
 PARENT_NAME: Final = "MLflow (parent)"
@@ -48,6 +46,11 @@ def _str(instance: object, attribute: attrs.Attribute[Any], value: object) -> No
         raise TypeError(msg)
 
 
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _str(instance, attribute, value)
+
+
 @attrs.frozen
 class Mlflow(flyte.Link):
     """A link from a task in the Flyte UI to its MLflow run.
@@ -55,22 +58,52 @@ class Mlflow(flyte.Link):
     Args:
         name: the label shown in the Flyte UI.
         link: an explicit URL; when given, it is shown as it is and nothing is generated.
+        target: which run the link shows: :attr:`LinkTarget.CALLER` (the default) the caller's run,
+            as in the table of the user guide; :attr:`LinkTarget.OWN` the task's own run in every
+            run mode. Also given as ``"caller"`` or ``"own"``.
         run_mode: the run mode of the task the link is on. Leave it unset: ``MlflowRun.link()`` and
-            decorating a task set it on the decorated copy. When it is ``nested`` and ``name`` is the
-            default, the link is named "MLflow (parent)".
+            decorating a task set it on the decorated copy. When it is ``nested``, ``name`` is the
+            default and the target is the caller, the link is named "MLflow (parent)".
+        experiment_id: for ``OWN`` links, the experiment of the tracker of the task. Leave it unset:
+            binding to a tracker sets it, as ``experiment_name``.
+        experiment_name: see ``experiment_id``.
+
+    Raises:
+        ValueError: ``target`` or ``run_mode`` is not one of the valid values (the message lists them).
+        TypeError: a field of the wrong type.
     """
 
     name: str = attrs.field(default=DEFAULT_NAME, validator=_str)
     link: str = attrs.field(default="", validator=_str)
+    target: LinkTarget = attrs.field(default=LinkTarget.CALLER, converter=to_link_target, kw_only=True)
     run_mode: RunMode | None = attrs.field(default=None, converter=_optional_mode, kw_only=True)
     icon_uri: str = attrs.field(default="", validator=_str, kw_only=True)
+    experiment_id: str | None = attrs.field(default=None, validator=_optional_str, kw_only=True)
+    experiment_name: str | None = attrs.field(default=None, validator=_optional_str, kw_only=True)
 
-    def bound_to(self, mode: RunMode) -> Mlflow:
-        """A copy of this link for a task with run mode ``mode`` (renamed for ``nested``)."""
-        if self.run_mode is not None or mode is RunMode.AUTO:
+    def bound_to(
+        self, mode: RunMode, experiment_id: str | None = None, experiment_name: str | None = None
+    ) -> Mlflow:
+        """A copy of this link for a task with run mode ``mode`` (renamed for ``nested``).
+
+        Args:
+            mode: the task's run mode.
+            experiment_id: the experiment of the task's tracker (kept by ``OWN`` links only).
+            experiment_name: the same, by name.
+
+        Returns:
+            The bound copy, or this link when there is nothing to bind or it is bound already.
+        """
+        if self.run_mode is not None or self.experiment_id is not None or self.experiment_name is not None:
             return self
-        name = PARENT_NAME if mode is RunMode.NESTED and self.name == DEFAULT_NAME else self.name
-        return attrs.evolve(self, name=name, run_mode=mode)
+        changes: dict[str, Any] = {}
+        if mode is not RunMode.AUTO:
+            changes["run_mode"] = mode
+            if mode is RunMode.NESTED and self.name == DEFAULT_NAME and self.target is LinkTarget.CALLER:
+                changes["name"] = PARENT_NAME
+        if self.target is LinkTarget.OWN and (experiment_id or experiment_name):
+            changes.update(experiment_id=experiment_id, experiment_name=experiment_name)
+        return attrs.evolve(self, **changes) if changes else self
 
     def get_link(
         self,
@@ -91,12 +124,13 @@ class Mlflow(flyte.Link):
             caller = Inherited.from_context(context)
         except ValueError:
             return ""
-        mode = self.run_mode or (config.run_mode if config else RunMode.AUTO)
-        host = config.link_host if config else None
-        if mode is RunMode.NEW or not (host and caller.run_id and caller.experiment_id):
+        if config is None or not config.link_host:
             return ""
-        template = (config.link_template if config else None) or DEFAULT_LINK_TEMPLATE
-        check_link_template(template)
-        return template.format(
-            host=host.rstrip("/"), experiment_id=caller.experiment_id, run_id=caller.run_id
-        )
+        mode = self.run_mode or config.run_mode
+        host = config.link_host.rstrip("/")
+        if self.target is LinkTarget.OWN:
+            experiment = (self.experiment_id, self.experiment_name)
+            return own_run_url(config, caller, mode, host, run_name, action_name, experiment)
+        if mode is RunMode.NEW or not (caller.run_id and caller.experiment_id):
+            return ""
+        return run_page_url(config, host, caller.experiment_id, caller.run_id)

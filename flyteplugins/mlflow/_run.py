@@ -16,6 +16,7 @@ from flyteplugins.mlflow import _signals
 from flyteplugins.mlflow._config import MlflowConfig, MlflowTrackingSettings
 from flyteplugins.mlflow._lifecycle import call_async, call_sync
 from flyteplugins.mlflow._link import DEFAULT_NAME, Mlflow
+from flyteplugins.mlflow._own_link import LinkTarget
 
 __all__ = ["MlflowRun"]
 
@@ -85,9 +86,7 @@ class MlflowRun(MlflowTrackingSettings):
                 f"{type(task).__name__} {task.name!r}; put the tracker above @env.task"
             )
             raise TypeError(msg)
-        links = tuple(
-            link.bound_to(self.run_mode) if isinstance(link, Mlflow) else link for link in task.links
-        )
+        links = tuple(self._bind(link) if isinstance(link, Mlflow) else link for link in task.links)
         changes: dict[str, Any] = {"func": self._wrap(func, task_body=True), "links": links}
         return dataclasses.replace(task, **changes)
 
@@ -111,9 +110,21 @@ class MlflowRun(MlflowTrackingSettings):
         """This tracker's settings, for ``with_runcontext(custom_context=...)`` or a ``with`` block."""
         return MlflowConfig(**{f.name: getattr(self, f.name) for f in attrs.fields(MlflowTrackingSettings)})
 
-    def link(self, name: str = DEFAULT_NAME) -> Mlflow:
-        """A link for ``@env.task(links=(tracker.link(),))`` that already knows this tracker's run mode."""
-        return Mlflow(name=name).bound_to(self.run_mode)
+    def _bind(self, link: Mlflow) -> Mlflow:
+        return link.bound_to(self.run_mode, self.experiment_id, self.experiment_name)
+
+    def link(self, name: str = DEFAULT_NAME, *, target: LinkTarget | str = LinkTarget.CALLER) -> Mlflow:
+        """A link for ``@env.task(links=(tracker.link(),))`` that already knows this tracker's run mode.
+
+        Args:
+            name: the label shown in the Flyte UI.
+            target: :attr:`LinkTarget.CALLER` (the default) links to the caller's run as the
+                documented table says; :attr:`LinkTarget.OWN` to the task's own run in every mode.
+
+        Raises:
+            ValueError: ``target`` is not a link target (the message lists them).
+        """
+        return self._bind(Mlflow(name=name, target=target))
 
     def for_rank(self, rank: int) -> MlflowRun:
         """A copy of this tracker bound to process rank ``rank`` (only rank 0 logs).

@@ -1,0 +1,127 @@
+"""Links to a task's own MLflow run: ``Mlflow(target=LinkTarget.OWN)``.
+
+Flyte renders a task's links when its caller submits it, before the task's run exists, so the link
+cannot name the run's id. What it can name is what the run will be tagged with: every run the
+plugin creates carries ``flyte.run_name`` and ``flyte.action_name``, and ``get_link`` receives both.
+The link is therefore the MLflow UI's run list of the run's experiment, filtered on those two tags,
+which matches exactly the task's run:
+
+* sorted by run name, because without a sort key the UI folds nested runs under their parent;
+* with ``workflowType=machine_learning``, because MLflow 3 otherwise opens its GenAI view.
+
+A task that will share its caller's run (``auto`` under a tracked caller) links to that run's page,
+as the default link does. The experiment is worked out as the task's run will choose it (see
+:func:`flyteplugins.mlflow._lifecycle.planned_experiment`); when it is given by a name that no
+tracked caller has resolved yet, or not given at all, the id is not known and no link is shown: the
+UI cannot open an experiment by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Final
+from urllib.parse import quote
+
+from flyteplugins.mlflow._config import (
+    DEFAULT_LINK_TEMPLATE,
+    DEFAULT_OWN_LINK_TEMPLATE,
+    OWN_LINK_FIELDS,
+    MlflowConfig,
+    RunMode,
+    _to_enum,
+    check_link_template,
+)
+from flyteplugins.mlflow._context import Inherited
+from flyteplugins.mlflow._lifecycle import planned_experiment
+from flyteplugins.mlflow._retries import filter_equals
+
+__all__ = ["LinkTarget", "own_run_url", "run_page_url", "run_filter", "to_link_target"]
+
+RUN_TAG: Final = "flyte.run_name"
+ACTION_TAG: Final = "flyte.action_name"
+_PLACEHOLDER: Final = re.compile(r"(\{\{[^{}]*\}\})")
+
+
+class LinkTarget(str, enum.Enum):
+    """Which run an :class:`~flyteplugins.mlflow.Mlflow` link points at.
+
+    ``CALLER`` (the default) is the documented behaviour: the run the caller announces, which is the
+    run an ``auto`` task shares and a ``nested`` task's parent; a ``new`` task gets no link. ``OWN``
+    is the task's own run in every mode: the shared run for ``auto``, the task's new run otherwise.
+    """
+
+    CALLER = "caller"
+    OWN = "own"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def to_link_target(value: LinkTarget | str) -> LinkTarget:
+    """Convert a link target given as a :class:`LinkTarget` or its string value.
+
+    Raises:
+        ValueError: the string is not a link target; the message lists the valid ones.
+        TypeError: the value is neither a string nor a ``LinkTarget``.
+    """
+    return _to_enum(LinkTarget, "target", value)
+
+
+def _encoded(text: str) -> str:
+    """Percent-encode ``text`` for a URL, keeping Flyte's ``{{.actionName}}`` placeholders as they are.
+
+    Remote links are rendered with placeholders that the Flyte backend fills in later.
+    """
+    return "".join(p if _PLACEHOLDER.fullmatch(p) else quote(p, safe="") for p in _PLACEHOLDER.split(text))
+
+
+def run_filter(run_name: str, action_name: str) -> str:
+    """The MLflow search filter that matches the run of one Flyte action (not encoded)."""
+    return f"{filter_equals(RUN_TAG, run_name)} and {filter_equals(ACTION_TAG, action_name)}"
+
+
+def run_page_url(config: MlflowConfig, host: str, experiment_id: str, run_id: str) -> str:
+    """A run's page, from ``link_template`` or the default run-page template."""
+    template = config.link_template or DEFAULT_LINK_TEMPLATE
+    check_link_template(template)
+    return template.format(host=host, experiment_id=experiment_id, run_id=run_id)
+
+
+def own_run_url(
+    config: MlflowConfig,
+    caller: Inherited,
+    mode: RunMode,
+    host: str,
+    run_name: str,
+    action_name: str,
+    experiment: tuple[str | None, str | None] = (None, None),
+) -> str:
+    """The URL of the run that the Flyte action ``action_name`` of ``run_name`` will log into.
+
+    Args:
+        config: the settings in the caller's context.
+        caller: what the caller's run passes down.
+        mode: the task's run mode.
+        host: the MLflow UI's address, without a trailing slash.
+        run_name: the Flyte run's name.
+        action_name: the action's name (remotely a placeholder that Flyte fills in).
+        experiment: the experiment id or name of the task's tracker, bound to the link.
+
+    Returns:
+        The URL, or ``""`` when the run's experiment id is not known.
+    """
+    if mode is RunMode.AUTO and caller.run_id:
+        return run_page_url(config, host, caller.experiment_id, caller.run_id) if caller.experiment_id else ""
+    if not (run_name and action_name):
+        return ""
+    experiment_id, experiment_name = planned_experiment(*experiment, config, mode, caller)
+    if experiment_id is None and experiment_name is not None:
+        experiment_id = caller.experiment_ids.get(experiment_name)
+    if experiment_id is None:
+        return ""
+    template = config.own_link_template or DEFAULT_OWN_LINK_TEMPLATE
+    check_link_template(template, "own_link_template", OWN_LINK_FIELDS)
+    return template.format(
+        host=host, experiment_id=experiment_id, filter=_encoded(run_filter(run_name, action_name))
+    )
