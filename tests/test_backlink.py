@@ -147,13 +147,14 @@ def test_remote_child_links_back_to_its_action(
     assert run.data.tags[NOTE_TAG] == f"Fold 1\n\nFlyte: [{label}]({url})"
     assert [r for r in result["requests"] if r != LOG_METRIC] == [CREATE, UPDATE]
 
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{server.uri}/#/runs/{run.info.run_id}")  # redirects to the run's page
     link = page.locator(f"a[href='{url}']")
     link.first.wait_for(timeout=30_000)
     assert link.count() == 1
     assert link.first.inner_text() == label
     assert page.get_by_text("Fold 1").count() >= 1
+    link.first.scroll_into_view_if_needed()
     page.screenshot(path=screenshot_path("description-links-to-flyte", tmp_path))
     page.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -22,7 +23,7 @@ from playwright.sync_api import Browser, Page
 from flyteplugins.mlflow import LinkTarget, Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY, RESOLVED_EXPERIMENTS_KEY
 from tests.conftest import Links, MlflowServer, Recorded
-from tests.support import own_run_id, screenshot_path
+from tests.support import CREATE, LOG_METRIC, SEARCH, UPDATE, own_run_id, screenshot_path
 
 env = flyte.TaskEnvironment(name="own-link-tests")
 
@@ -101,6 +102,17 @@ def test_recorded_own_links_name_each_tasks_run(
     assert parent == [f"{uri}/#/experiments/{experiment_id}/runs/{out['parent']}"] * 3
     actions = {client.get_run(r).data.tags["flyte.action_name"] for r in out["trials"]}
     assert {_filter_of(url).rsplit("'", 2)[1] for url in own} == actions
+
+
+def test_own_links_and_task_names_cost_no_request(
+    recorded: Recorded, mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """Rendering own links and naming runs adds nothing: each owned run is still one create and one
+    update (parent, three trials, baseline), plus the root's one sweep; the shared run costs nothing."""
+    mark = mlflow_server.mark()
+    _study(recorded, mlflow_server.uri, experiment[1])
+    seen = mlflow_server.requests(mark)
+    assert Counter(seen) == Counter({CREATE: 5, UPDATE: 5, SEARCH: 1, LOG_METRIC: 3})  # each trial logs one
 
 
 def test_no_known_experiment_id_means_no_own_link(recorded: Recorded, mlflow_server: MlflowServer) -> None:

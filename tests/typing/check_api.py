@@ -18,6 +18,7 @@ from mlflow.tracking.fluent import ActiveRun
 from typing_extensions import ParamSpec, assert_type
 
 from flyteplugins.mlflow import (
+    LinkTarget,
     Mlflow,
     MlflowConfig,
     MlflowRun,
@@ -186,3 +187,16 @@ assert_type(RunMode("nested"), RunMode)
 assert_type(OnTrackingError("warn"), OnTrackingError)
 assert_type(OnRetry("resume"), OnRetry)
 assert_type(MlflowConfig(on_retry="new").on_retry, OnRetry)
+
+
+# --- links to a task's own run -----------------------------------------------------------------
+
+
+def own_run_links() -> None:
+    """The link target is an enum (or its string value) on Mlflow and tracker.link(); misspellings fail."""
+    assert_type(Mlflow(target=LinkTarget.OWN), Mlflow)
+    assert_type(tracker.link(target="own"), Mlflow)
+    assert_type(Mlflow().target, LinkTarget)
+    Mlflow(target=LinkTarget.MINE)  # type: ignore[attr-defined]
+    Mlflow(target=1)  # type: ignore[arg-type]
+    tracker.link(target=None)  # type: ignore[arg-type]
