@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import flyte
 import pytest
 from flyte.remote._client.controlplane import Console
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
-from flyteplugins.mlflow import MlflowRun, mlflow_config
+from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
 from flyteplugins.mlflow._backlink import FLYTE_URL_TAG, NOTE_TAG, action_url, tags_for
 from flyteplugins.mlflow._context import Inherited, TaskSnapshot
 from flyteplugins.mlflow._lifecycle import plan
-from tests.support import CREATE, LOG_METRIC, UPDATE, screenshot_path
+from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot_path
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
+
+env = flyte.TaskEnvironment(name="backlink-tests")
 
 CONSOLE = "https://flyte.example.com"
 ACTION = {
@@ -116,6 +119,23 @@ def test_nothing_without_an_address() -> None:
         assert p is not None
         assert FLYTE_URL_TAG not in p.tags and NOTE_TAG not in p.tags
     assert shared is not None and shared.action == "share"
+
+
+@mlflow_run
+@env.task
+async def local_task() -> str:
+    return own_run_id()
+
+
+def test_local_run_gets_no_way_back(
+    tracking_uri: str, experiment: tuple[str, str], client: MlflowClient
+) -> None:
+    """A local run is not in the console: even with the setting, its run has no flyte.url and no note."""
+    ctx = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1], flyte_console_url=CONSOLE)
+    run_id = flyte.with_runcontext(mode="local", custom_context=ctx).run(local_task).outputs()[0]
+    tags = client.get_run(str(run_id)).data.tags
+    assert FLYTE_URL_TAG not in tags and NOTE_TAG not in tags
+    assert tags["flyte.action_name"]
 
 
 # --- remote tasks, end to end ------------------------------------------------------------------
