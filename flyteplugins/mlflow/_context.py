@@ -183,15 +183,20 @@ def _console_action_url(action: ActionID) -> str | None:
     A task pod that can start tasks has a client (``flyte.init_in_cluster``); its console is where the
     client's endpoint serves it. The ``flyte_console_url`` setting wins over this.
     """
-    from flyte._initialize import _get_init_config
-
-    config = _get_init_config()
-    client = config.client if config is not None else None
-    if client is None or not (action.project and action.domain and action.run_name and action.name):
+    if not (action.project and action.domain and action.run_name and action.name):
         return None
-    url: str = client.console.action_url(
-        project=action.project, domain=action.domain, run_name=action.run_name, action_name=action.name
-    )
+    try:  # Flyte keeps its client in a private module: a Flyte that moved it gives no address
+        from flyte._initialize import _get_init_config
+
+        config = _get_init_config()
+        client = config.client if config is not None else None
+        if client is None:
+            return None
+        url: str = client.console.action_url(
+            project=action.project, domain=action.domain, run_name=action.run_name, action_name=action.name
+        )
+    except (ImportError, AttributeError):
+        return None
     return url
 
 
