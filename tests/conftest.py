@@ -19,20 +19,43 @@ import pytest
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support import MlflowServer, free_port
+from tests.support import AuthServer, MlflowServer, Team, free_port, serving
 
-__all__ = ["MlflowServer", "free_port"]
+__all__ = ["AuthServer", "MlflowServer", "free_port"]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One real tracking server for the whole session."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port())
-    server.start()
+    yield from serving(MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()))
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    """One real ``mlflow server --app-name basic-auth`` for the session, started on first use."""
+    yield from serving(AuthServer(tmp_path_factory.mktemp("mlflow-auth-server"), free_port()))
+
+
+@pytest.fixture
+def team(auth_server: AuthServer) -> Team:
+    """A fresh user with EDIT on one new experiment, READ on a second and nothing on a third."""
+    tag = uuid.uuid4().hex[:10]
+    user, password = f"alice-{tag}", f"pw-{uuid.uuid4().hex}"
+    auth_server.add_user(user, password)
+    editable, readable, forbidden = (auth_server.create_experiment(f"{kind}-{tag}") for kind in "erf")
+    auth_server.grant(user, editable, "EDIT")
+    auth_server.grant(user, readable, "READ")
+    return Team(user, password, editable, readable, forbidden)
+
+
+@pytest.fixture(scope="module")
+def admin(auth_server: AuthServer) -> Iterator[MlflowClient]:
+    """A client that reads everything on the auth server, through a relay that logs in as the admin."""
+    gate = auth_server.admin_gate()
     try:
-        yield server
+        yield MlflowClient(gate.uri)
     finally:
-        server.stop()
+        gate.close()
 
 
 @pytest.fixture(scope="session")

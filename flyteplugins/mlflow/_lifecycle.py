@@ -192,11 +192,8 @@ def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Au
 def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
     timeout = own.request_timeout or ctx.request_timeout
     retries = own.request_retries if own.request_retries is not None else ctx.request_retries
-    return attrs.evolve(
-        DEFAULT_POLICY,
-        timeout=timeout or DEFAULT_POLICY.timeout,
-        retries=DEFAULT_POLICY.retries if retries is None else retries,
-    )
+    policy = DEFAULT_POLICY if retries is None else attrs.evolve(DEFAULT_POLICY, retries=retries)
+    return policy if timeout is None else attrs.evolve(policy, timeout=timeout, read_timeout=None)
 
 
 def plan(
