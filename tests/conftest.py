@@ -111,9 +111,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium (Debian's package, which ``make test`` installs), driven by Playwright."""
+    """Headless Chromium (Debian's package, which ``make test`` installs), driven by Playwright.
+
+    Module-scoped: while Playwright's sync API is open the main thread has a running event loop, so
+    a session-wide browser would make every later test that calls ``asyncio.run`` fail.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` (or set CHROMIUM to its path)")
     with sync_playwright() as playwright:

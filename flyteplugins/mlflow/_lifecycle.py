@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _mlflow_state, _ranks, _retries, _runstack, _signals, _sweep
+from flyteplugins.mlflow import _mlflow_state, _ranks, _report, _retries, _runstack, _signals, _sweep
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
     MlflowConfig,
@@ -152,6 +152,7 @@ class Plan:
     passed_down: Mapping[str, str] = attrs.field(factory=dict)
     retry: OnRetry | None = None
     sweep_root: str | None = None
+    report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -287,6 +288,7 @@ def plan(
         passed_down=passed_down,
         retry=retry,
         sweep_root=sweep_root,
+        report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
     )
 
 
@@ -567,8 +569,10 @@ def call_sync(
             result = func(*args, **kwargs)
     except BaseException as error:
         _end_or_warn(opened, error, runs)
+        _report.write(opened, error)
         raise
     _end_or_warn(opened, None, runs)
+    _report.write(opened, None)
     return result
 
 
@@ -623,8 +627,10 @@ async def call_async(
             result = await func(*args, **kwargs)
     except BaseException as error:
         await _complete(_end_or_warn, opened, error, runs)
+        await _report.write_async(opened, error)
         raise
     _, cancelled = await _complete(_end_or_warn, opened, None, runs)
     if cancelled:
         raise asyncio.CancelledError
+    await _report.write_async(opened, None)
     return result

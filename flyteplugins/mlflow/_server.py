@@ -39,12 +39,13 @@ from google.protobuf.message import Message
 from flyteplugins.mlflow._auth import explain
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._http import send
-from mlflow.entities import Run, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import (
     CreateExperiment,
     CreateRun,
     GetExperimentByName,
+    GetMetricHistory,
     GetRun,
     LogBatch,
     SearchRuns,
@@ -61,6 +62,7 @@ _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 _HEARD: dict[str, float] = {}  # tracking URI -> when it last answered one of our requests (monotonic)
 _NOT_PROCESSED: Final = frozenset({429, 502, 503, 504})
 _MAX_BACKOFF: Final = 4.0
+_NEWEST: Final = "attributes.start_time DESC"
 
 
 @attrs.frozen
@@ -152,8 +154,17 @@ class Server(Protocol):
         """Return the id of the experiment called ``name``, creating it if it does not exist."""
         ...
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request.
+
+        ``order_by`` (an MLflow ``order_by`` clause) orders them otherwise; the newest first breaks ties.
+        """
+        ...
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """The first ``max_results`` points of a metric's history in one request, and whether it has more."""
         ...
 
 
@@ -267,16 +278,26 @@ class RestServer:
         request = LogBatch(run_id=run_id, tags=[RunTag(k, v).to_proto() for k, v in tags.items()])
         self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` matching ``filter_string``, by ``order_by``, in one request."""
         request = SearchRuns(
             experiment_ids=experiment_ids,
             filter=filter_string,
             max_results=max_results,
-            order_by=["attributes.start_time DESC"],
+            order_by=_order(order_by),
         )
         reply = self._call("search the runs", "runs/search", request, SearchRuns.Response())
         return [Run.from_proto(run) for run in reply.runs]
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """The first ``max_results`` points of a metric's history in one request, and whether it has more."""
+        request = GetMetricHistory(run_id=run_id, run_uuid=run_id, metric_key=key, max_results=max_results)
+        reply = self._call(
+            "read a metric's history", "metrics/get-history", request, GetMetricHistory.Response(), get=True
+        )
+        return [Metric.from_proto(m) for m in reply.metrics], bool(reply.next_page_token)
 
     def _find_experiment(self, name: str) -> str | None:
         try:
@@ -316,6 +337,10 @@ class RestServer:
             msg = f"experiment {name!r} was reported to exist, but the tracking server cannot find it"
             raise TrackingRequestError(msg)
         return again
+
+
+def _order(order_by: str) -> list[str]:
+    return [order_by] if order_by == _NEWEST else [order_by, _NEWEST]
 
 
 def _take_slot(uri: str, started: float, budget: float) -> bool:
@@ -437,20 +462,26 @@ class StoreServer:
             "tag the run", lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         )
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, in ``order_by`` order."""
         runs: list[Run] = self._guard(
             "search the runs",
             lambda: list(
                 self.client.search_runs(
-                    experiment_ids,
-                    filter_string,
-                    max_results=max_results,
-                    order_by=["attributes.start_time DESC"],
+                    experiment_ids, filter_string, max_results=max_results, order_by=_order(order_by)
                 )
             ),
         )
         return runs
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """A metric's history, cut at ``max_results`` points, and whether it was cut."""
+        points: list[Metric] = self._guard(
+            "read a metric's history", lambda: list(self.client.get_metric_history(run_id, key))
+        )
+        return points[:max_results], len(points) > max_results
 
     def experiment_id(self, name: str) -> str:
         """Return the id of the experiment called ``name``, creating it if it does not exist."""
