@@ -101,6 +101,13 @@ def _isolated_mlflow_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     assert "MLFLOW_TRACKING_URI" not in os.environ, "MLFLOW_TRACKING_URI was left set"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that drives Chromium, so ``make screenshots`` can run just those."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove the local MLflow store that a stray default run would create in the repo."""
     stray = Path(session.config.rootpath) / "mlruns"

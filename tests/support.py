@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import attrs
 import requests
+from playwright.sync_api import Locator, Page
 
 from flyteplugins.mlflow import get_mlflow_run
 
@@ -37,6 +38,24 @@ LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
 
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
 _ANSWER = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)[^"]*" (\d{3})')
+
+
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+SCREENSHOTS_ENV = "FLYTE_MLFLOW_SCREENSHOTS"
+
+
+def screenshot(target: Locator | Page, name: str) -> bytes:
+    """Take a PNG screenshot of a page or element, and check it is one.
+
+    With ``FLYTE_MLFLOW_SCREENSHOTS=1`` (``make screenshots``) it is also saved as
+    ``docs/images/<name>.png`` for the docs; otherwise test runs leave the committed pictures alone.
+    """
+    png = target.screenshot()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000, f"no real screenshot for {name}"
+    if os.environ.get(SCREENSHOTS_ENV) == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        (DOCS_IMAGES / f"{name}.png").write_bytes(png)
+    return png
 
 
 def free_port() -> int:

@@ -47,12 +47,21 @@ from flyteplugins.mlflow._report import (
     downsample,
     render,
 )
-from tests.support import CREATE, GET_RUN, LOG_BATCH, SEARCH, UPDATE, MlflowServer, Relay, own_run_id
+from tests.support import (
+    CREATE,
+    GET_RUN,
+    LOG_BATCH,
+    SEARCH,
+    UPDATE,
+    MlflowServer,
+    Relay,
+    own_run_id,
+    screenshot,
+)
 
 HISTORY = ("GET", "/api/2.0/mlflow/metrics/get-history")
 SCRIPT_PARAM = "<script>window.__mlflow_xss = 1</script>"
 IMG_PARAM = '<img src="x" onerror="window.__mlflow_xss = 2">'
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 env = flyte.TaskEnvironment(name="report")
 
@@ -646,7 +655,6 @@ def test_report_in_chromium(
         assert first_link is not None and first_link.startswith(mlflow_server.uri + "/#/experiments/")
         # The tab asks for nothing: the only request is the font link of Flyte's own page template.
         assert all("fonts.googleapis.com" in url for url in tried), tried
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(IMAGES / "report-tab.png"))
+        screenshot(tab, "report-tab")
     finally:
         page.close()
