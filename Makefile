@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui test pytest typecheck lint bench clean
+.PHONY: venv browser demo ui test pytest typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ browser:
 
 pytest: venv
 	$(PY) -m pytest --durations=15
+
+# Re-take the pictures in docs/images from the browser tests (they are committed).
+screenshots: venv browser
+	FLYTE_MLFLOW_SCREENSHOTS=1 $(PY) -m pytest -m browser
 
 typecheck: venv
 	$(PY) -m mypy

@@ -24,20 +24,43 @@ from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support import MlflowServer, free_port
+from tests.support import AuthServer, MlflowServer, Team, free_port, serving
 
-__all__ = ["Links", "MlflowServer", "Recorded", "free_port"]
+__all__ = ["AuthServer", "Links", "MlflowServer", "Recorded", "free_port"]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One real tracking server for the whole session."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port())
-    server.start()
+    yield from serving(MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()))
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    """One real ``mlflow server --app-name basic-auth`` for the session, started on first use."""
+    yield from serving(AuthServer(tmp_path_factory.mktemp("mlflow-auth-server"), free_port()))
+
+
+@pytest.fixture
+def team(auth_server: AuthServer) -> Team:
+    """A fresh user with EDIT on one new experiment, READ on a second and nothing on a third."""
+    tag = uuid.uuid4().hex[:10]
+    user, password = f"alice-{tag}", f"pw-{uuid.uuid4().hex}"
+    auth_server.add_user(user, password)
+    editable, readable, forbidden = (auth_server.create_experiment(f"{kind}-{tag}") for kind in "erf")
+    auth_server.grant(user, editable, "EDIT")
+    auth_server.grant(user, readable, "READ")
+    return Team(user, password, editable, readable, forbidden)
+
+
+@pytest.fixture(scope="module")
+def admin(auth_server: AuthServer) -> Iterator[MlflowClient]:
+    """A client that reads everything on the auth server, through a relay that logs in as the admin."""
+    gate = auth_server.admin_gate()
     try:
-        yield server
+        yield MlflowClient(gate.uri)
     finally:
-        server.stop()
+        gate.close()
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +106,13 @@ def _isolated_mlflow_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     assert "MLFLOW_TRACKING_URI" not in os.environ, "MLFLOW_TRACKING_URI was left set"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that drives Chromium, so ``make screenshots`` can run just those."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove the local MLflow store that a stray default run would create in the repo."""
     stray = Path(session.config.rootpath) / "mlruns"
@@ -93,9 +123,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium (Debian's package, which ``make test`` installs), driven by Playwright."""
+    """Headless Chromium (Debian's package, which ``make test`` installs), driven by Playwright.
+
+    Module-scoped: while Playwright's sync API is open the main thread has a running event loop, so
+    a session-wide browser would make every later test that calls ``asyncio.run`` fail.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` (or set CHROMIUM to its path)")
     with sync_playwright() as playwright:

@@ -6,6 +6,7 @@ All are real network peers; nothing here imitates MLflow.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import os
@@ -15,10 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
+import attrs
 import requests
+from playwright.sync_api import Locator, Page
 
 from flyteplugins.mlflow import get_mlflow_run
 
@@ -32,6 +37,25 @@ LOG_BATCH = ("POST", "/api/2.0/mlflow/runs/log-batch")
 LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
 
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
+_ANSWER = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)[^"]*" (\d{3})')
+
+
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+SCREENSHOTS_ENV = "FLYTE_MLFLOW_SCREENSHOTS"
+
+
+def screenshot(target: Locator | Page, name: str, full_page: bool = False) -> bytes:
+    """Take a PNG screenshot of an element, the visible page, or the ``full_page``, and check it is one.
+
+    With ``FLYTE_MLFLOW_SCREENSHOTS=1`` (``make screenshots``) it is also saved as
+    ``docs/images/<name>.png`` for the docs; otherwise test runs leave the committed pictures alone.
+    """
+    png = target.screenshot(full_page=True) if full_page and isinstance(target, Page) else target.screenshot()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000, f"no real screenshot for {name}"
+    if os.environ.get(SCREENSHOTS_ENV) == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        (DOCS_IMAGES / f"{name}.png").write_bytes(png)
+    return png
 
 
 def free_port() -> int:
@@ -45,12 +69,16 @@ def free_port() -> int:
 class MlflowServer:
     """A running ``mlflow server`` subprocess and its access log."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(
+        self, root: Path, port: int, app: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.port = port
         self.uri = f"http://127.0.0.1:{port}"
         self.log_path = root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._app = app
+        self._env = env or {}
 
     def start(self) -> None:
         """Start the server and wait until it answers ``/health``."""
@@ -59,8 +87,10 @@ class MlflowServer:
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64",
             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "128",
+            **self._env,
         }
-        env.pop("MLFLOW_TRACKING_URI", None)
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(var, None)
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -69,6 +99,7 @@ class MlflowServer:
                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                 "--default-artifact-root", str(self.root / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                *self._app,
             ],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
         )  # fmt: skip
@@ -107,6 +138,105 @@ class MlflowServer:
             text = f.read().decode("utf-8", "replace")
         return [(m.group(1), m.group(2)) for m in _REQUEST.finditer(text)]
 
+    def answers(self, since: int) -> list[tuple[str, str, int]]:
+        """The ``(method, path, status)`` of every tracking API request answered since ``since``."""
+        time.sleep(0.3)
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        return [(m.group(1), m.group(2), int(m.group(3))) for m in _ANSWER.finditer(text)]
+
+
+S = TypeVar("S", bound=MlflowServer)
+
+
+def serving(server: S) -> Iterator[S]:
+    """Start ``server``, yield it, and stop it afterwards (the body of a server fixture)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class AuthServer(MlflowServer):
+    """``mlflow server --app-name basic-auth``: MLflow's own app that checks a password on every request.
+
+    Users have no permission on an experiment unless they created it or were granted one
+    (``default_permission = NO_PERMISSIONS``); the admin may do anything. The password hashes live in
+    their own SQLite file next to the tracking store.
+    """
+
+    ADMIN = "admin"
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.admin_password = f"admin-{uuid.uuid4().hex}"
+        config = root / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+            f"admin_username = {self.ADMIN}\n"
+            f"admin_password = {self.admin_password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex}
+        super().__init__(root, port, app=("--app-name", "basic-auth"), env=env)
+
+    def _admin(self, method: str, path: str, body: dict[str, str], version: int = 2) -> dict[str, Any]:
+        reply = requests.request(
+            method,
+            f"{self.uri}/api/{version}.0/mlflow/{path}",
+            json=body,
+            auth=(self.ADMIN, self.admin_password),
+            timeout=60,
+        )
+        reply.raise_for_status()
+        answer: dict[str, Any] = reply.json() if reply.content else {}
+        return answer
+
+    def add_user(self, username: str, password: str) -> None:
+        """Create a user who may do nothing yet."""
+        self._admin("POST", "users/create", {"username": username, "password": password})
+
+    def set_password(self, username: str, password: str) -> None:
+        """Change a user's password (the old one stops working at once)."""
+        self._admin("PATCH", "users/update-password", {"username": username, "password": password})
+
+    def create_experiment(self, name: str) -> str:
+        """Create an experiment as the admin; returns its id."""
+        experiment_id: str = self._admin("POST", "experiments/create", {"name": name})["experiment_id"]
+        return experiment_id
+
+    def grant(self, username: str, experiment_id: str, permission: str) -> None:
+        """Give ``username`` a permission (``READ``, ``EDIT``, ``MANAGE``) on one experiment."""
+        body = {
+            "username": username,
+            "resource_type": "experiment",
+            "resource_id": experiment_id,
+            "permission": permission,
+        }
+        self._admin("POST", "users/permissions/grant", body, version=3)
+
+    def admin_gate(self) -> Relay:
+        """A loopback relay that sends every request on as the admin; ``MlflowClient(gate.uri)`` reads all.
+
+        The test process's environment then never holds the admin's password.
+        """
+        login = base64.b64encode(f"{self.ADMIN}:{self.admin_password}".encode()).decode()
+        return Relay(self.uri, headers={"Authorization": f"Basic {login}"})
+
+
+@attrs.frozen
+class Team:
+    """A user of the auth server and the experiments they may edit, only read, or not touch."""
+
+    user: str
+    password: str
+    editable: str
+    readable: str
+    forbidden: str
+
 
 class Relay:
     """A loopback HTTP proxy in front of ``upstream`` that records and can disturb what passes.
@@ -118,6 +248,10 @@ class Relay:
         classify: names the kind of a request path, for :attr:`peak` (most in flight at once per kind).
         identify: names the sender of a request from its client port, for :attr:`senders` (called
             while the connection is open, so the port still belongs to the sender).
+        headers: added to every request sent upstream (the client's own headers are not passed on,
+            apart from ``Content-Type``).
+        admit: called with the request's ``Authorization`` header; ``False`` answers 401 instead of
+            forwarding, as an authenticating proxy in front of a server would.
     """
 
     def __init__(
@@ -126,6 +260,8 @@ class Relay:
         before: Callable[[str, str], bool] | None = None,
         classify: Callable[[str], str] = lambda path: "all",
         identify: Callable[[int], object] | None = None,
+        headers: dict[str, str] | None = None,
+        admit: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.upstream = upstream
         self.forwarded: list[tuple[str, str, int]] = []
@@ -144,6 +280,18 @@ class Relay:
                     sender = identify(self.client_address[1])
                     with relay._lock:
                         relay.senders.append((sender, self.command, path))
+                if admit is not None and not admit(self.headers.get("Authorization")):
+                    with relay._lock:
+                        relay.forwarded.append((self.command, path, 401))
+                    refusal = (
+                        b'{"error_code": "UNAUTHENTICATED", "message": "a valid bearer token is required"}'
+                    )
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(refusal)))
+                    self.end_headers()
+                    self.wfile.write(refusal)
+                    return
                 if before is not None and not before(self.command, path):
                     self.close_connection = True
                     return  # hang up without an answer, as a server going away would
@@ -156,7 +304,10 @@ class Relay:
                         self.command,
                         relay.upstream + self.path,
                         data=body,
-                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                        headers={
+                            "Content-Type": self.headers.get("Content-Type", "application/json"),
+                            **(headers or {}),
+                        },
                         timeout=60,
                     )
                 finally:
@@ -173,6 +324,7 @@ class Relay:
 
             do_GET = _relay
             do_POST = _relay
+            do_PATCH = _relay
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -235,17 +387,6 @@ def _read_request(conn: socket.socket) -> bytes:
             body += chunk
             data += chunk
     return data
-
-
-SCREENSHOTS_ENV = "FLYTE_MLFLOW_SCREENSHOTS"
-"""Where the browser tests save their screenshots: set it to ``docs/images`` to refresh the docs' pictures."""
-
-
-def screenshot_path(name: str, fallback: Path) -> Path:
-    """The file for the screenshot ``name``: in ``$FLYTE_MLFLOW_SCREENSHOTS`` when set, else ``fallback``."""
-    directory = Path(os.environ.get(SCREENSHOTS_ENV) or fallback)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{name}.png"
 
 
 def own_run_id() -> str:

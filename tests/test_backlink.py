@@ -18,7 +18,7 @@ from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
 from flyteplugins.mlflow._backlink import FLYTE_URL_TAG, NOTE_TAG, action_url, tags_for
 from flyteplugins.mlflow._context import Inherited, TaskSnapshot
 from flyteplugins.mlflow._lifecycle import plan
-from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot_path
+from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
 
 env = flyte.TaskEnvironment(name="backlink-tests")
@@ -175,7 +175,7 @@ def test_remote_child_links_back_to_its_action(
     assert link.first.inner_text() == label
     assert page.get_by_text("Fold 1").count() >= 1
     link.first.scroll_into_view_if_needed()
-    page.screenshot(path=screenshot_path("description-links-to-flyte", tmp_path))
+    screenshot(page, "description-links-to-flyte")
     page.close()
 
 

@@ -207,6 +207,9 @@ ROUND_TRIPS: list[dict[str, Any]] = [
     {"async_logging": True},
     {"request_timeout": 2.5, "request_retries": 0},
     {"description": "first try", "log_system_metrics": True},
+    {"report": True, "report_metric": "val/rmse", "report_goal": "maximize"},
+    {"report_metric": "2024"},
+    {"report_goal": "minimize"},
 ]
 
 
@@ -288,6 +291,8 @@ def test_foreign_keys_are_ignored_next_to_settings() -> None:
         ("mlflow_on_retry", "restart"),
         ("mlflow_request_timeout", "soon"),
         ("mlflow_request_retries", "2.5"),
+        ("mlflow_report", "yes"),
+        ("mlflow_report_goal", "lowest"),
     ],
 )
 def test_malformed_context_value_names_key_and_value(key: str, value: str) -> None:

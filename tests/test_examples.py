@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the editable install already puts it there; a plain install may not
     sys.path.insert(0, str(REPO))
 
-from examples import hpo, quickstart, sklearn_autolog  # noqa: E402
+from examples import hpo, quickstart, sklearn_autolog, with_secrets  # noqa: E402
+from tests.support import AuthServer, Team  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID = r"[0-9a-f]{32}"
@@ -190,3 +191,36 @@ def test_example_script_takes_the_tracking_uri_as_argument(
     assert len(run_ids) == expected_runs
     for run_id in run_ids:
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_secrets_example_logs_in_with_the_variables_its_secrets_become(
+    auth_server: AuthServer, team: Team, admin: MlflowClient, tmp_path: Path
+) -> None:
+    """``examples/with_secrets.py`` mounts its two secrets as MLflow's credential variables. With those
+    variables set, as a pod gets them, it tracks a parent and three nested trials on the basic-auth
+    server; without them, it stops at once with the server's 401 and the variables to set."""
+    mounted = {s.as_env_var for s in with_secrets.env.secrets}  # type: ignore[union-attr]
+    assert mounted == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+
+    logged_in = {"MLFLOW_TRACKING_USERNAME": team.user, "MLFLOW_TRACKING_PASSWORD": team.password}
+    out = _run_script("with_secrets.py", auth_server.uri, team.editable, cwd=tmp_path, **logged_in)
+    (parent_id,) = re.findall(rf"Tracked run ({RUN_ID})", out)
+    runs = admin.search_runs([team.editable])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 4
+    trials = [r for r in runs if r.info.run_id != parent_id]
+    assert {r.data.tags[PARENT_TAG] for r in trials} == {parent_id}
+    assert len(admin.get_metric_history(parent_id, "loss")) == 5
+
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "with_secrets.py"), auth_server.uri, team.editable],
+        cwd=tmp_path,
+        env=_script_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert refused.returncode != 0
+    printed = " ".join((refused.stdout + refused.stderr).split())  # Flyte's console wraps long lines
+    assert "HTTP 401" in printed
+    assert "No credentials were sent: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in printed

@@ -33,8 +33,8 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._server import MAX_CONCURRENT_REQUESTS, RequestPolicy
-from tests.support import MlflowServer, Relay, free_port
+from flyteplugins.mlflow._server import DEFAULT_POLICY, MAX_CONCURRENT_REQUESTS, RequestPolicy
+from tests.support import MlflowServer, Relay, free_port, serving
 
 env = flyte.TaskEnvironment(name="faults")
 
@@ -134,12 +134,7 @@ class Listener:
 @pytest.fixture(scope="module")
 def dedicated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A tracking server of this module's own, which tests may stop."""
-    server = MlflowServer(tmp_path_factory.mktemp("dedicated-mlflow"), free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(MlflowServer(tmp_path_factory.mktemp("dedicated-mlflow"), free_port()))
 
 
 @pytest.fixture
@@ -270,30 +265,16 @@ def test_request_timeout_and_retries_are_configurable() -> None:
     assert "create a run: ReadTimeout after 1 attempt " in create
 
 
-def test_silent_server_worst_case_under_default_policy() -> None:
-    """A server that never answers costs at most 3 lookups of 4 s each under the default policy."""
-    listener = Listener(hang_up=False)
-
-    @mlflow_run(tracking_uri=listener.uri, experiment_name="never")
-    def train() -> None:
-        raise AssertionError("the body must not run")
-
-    started = time.monotonic()
-    try:
-        connections, error = listener.failed_call(train)
-    finally:
-        listener.close()
-    print(f"\nsilent server, default policy: error after {time.monotonic() - started:.2f}s")
-    assert connections == 3
-    assert "request_timeout=4s, request_retries=2" in error
-    assert f"127.0.0.1:{listener.port}" in error
-
-
 def test_a_calls_budget_is_its_worst_case() -> None:
-    """The budget is every attempt timing out plus the backoffs: 3 x 4 s + 0.5 s + 1 s by default."""
-    assert RequestPolicy().budget() == 13.5
-    assert RequestPolicy().for_finalize().budget() == 6 * 4.0 + 0.5 + 1 + 2 + 4 + 4
+    """The budget is every attempt timing out plus the backoffs. By default an attempt may take 4 s
+    to connect and 30 s for the answer, so a call's budget is 3 x 30 s + 0.5 s + 1 s."""
+    assert (DEFAULT_POLICY.timeout, DEFAULT_POLICY.answer_timeout) == (4.0, 30.0)
+    assert DEFAULT_POLICY.budget() == 91.5
+    assert DEFAULT_POLICY.for_finalize().budget() == 6 * 30.0 + 0.5 + 1 + 2 + 4 + 4
     assert RequestPolicy(timeout=0.5, retries=0).budget() == 0.5
+    assert (
+        DEFAULT_POLICY.describe() == "request_timeout unset: 4s to connect, 30s to answer; request_retries=2"
+    )
 
 
 def test_trials_queued_behind_a_silent_server_give_up_without_trying() -> None:

@@ -43,7 +43,7 @@ def _sent(recorder: Recorder, uri: str, body: dict[str, Any] | None = None) -> s
     """Send one update to ``uri`` (answered by nobody) and return what ``recorder`` received."""
     before = len(recorder.received)
     with pytest.raises(requests.RequestException):
-        _http.send(uri, UPDATE, "POST", body or {"run_id": "r1", "status": "FINISHED"}, timeout=2)
+        _http.send(uri, UPDATE, "POST", body or {"run_id": "r1", "status": "FINISHED"}, timeout=(2, 2))
     assert len(recorder.received) == before + 1
     return recorder.received[-1].decode(errors="replace")
 
@@ -179,14 +179,14 @@ def test_tls_settings_are_read_for_every_request(
     monkeypatch.setattr(transport.session, "request", capture)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    _http.send(uri, "/api/2.0/mlflow/runs/get", "GET", {"run_id": "r1"}, timeout=3)
+    _http.send(uri, "/api/2.0/mlflow/runs/get", "GET", {"run_id": "r1"}, timeout=(3, 3))
     assert seen["verify"] == ("/bundles/corp.pem" if verify == "bundle" else verify)
     assert seen["cert"] == cert
     assert (seen["method"], seen["url"], seen["params"], seen["timeout"]) == (
         "GET",
         uri + "/api/2.0/mlflow/runs/get",
         {"run_id": "r1"},
-        3,
+        (3, 3),
     )
 
 
@@ -238,7 +238,7 @@ def test_anything_else_goes_through_mlflow(monkeypatch: pytest.MonkeyPatch) -> N
         return reply
 
     monkeypatch.setattr(_http, "http_request", mlflow_http_request)
-    reply = _http.send("https://sigv4.example", UPDATE, "POST", {"run_id": "r1"}, timeout=2)
+    reply = _http.send("https://sigv4.example", UPDATE, "POST", {"run_id": "r1"}, timeout=(2, 2))
     assert reply.status_code == 200
     assert calls == [
         (

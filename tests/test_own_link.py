@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page
 from flyteplugins.mlflow import LinkTarget, Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY, RESOLVED_EXPERIMENTS_KEY
 from tests.conftest import Links, MlflowServer, Recorded
-from tests.support import CREATE, LOG_METRIC, SEARCH, UPDATE, own_run_id, screenshot_path
+from tests.support import CREATE, LOG_METRIC, SEARCH, UPDATE, own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="own-link-tests")
 
@@ -169,7 +169,7 @@ def test_own_links_land_on_exactly_the_tasks_run(
         assert len(ids) == 1, ids
         found.extend(ids)
         if i == 1:  # a nested trial: listed on its own, not folded under its parent
-            page.screenshot(path=screenshot_path("own-link-nested-trial", tmp_path))
+            screenshot(page, "own-link-nested-trial")
             assert page.get_by_role("link", name="trial").count() == 1
         page.close()
     assert sorted(found) == sorted([out["baseline"], *out["trials"]])
@@ -209,7 +209,7 @@ def test_runs_are_named_after_their_tasks_in_the_ui(
     page = _open(browser, url)
     assert len(_listed_run_ids(page)) == 5
     assert page.get_by_text("5 matching runs").count() == 1
-    page.screenshot(path=screenshot_path("runs-named-after-tasks", tmp_path))
+    screenshot(page, "runs-named-after-tasks")
     page.close()
     _screenshot_recorded_links(browser, links, tmp_path)
 
@@ -231,7 +231,7 @@ def _screenshot_recorded_links(browser: Browser, links: Links, tmp_path: Path) -
         f"<table><tr><th>task</th><th>link</th><th>URL</th></tr>{rows}</table>"
     )
     assert page.locator("tr").count() == 1 + sum(len(p) for p in links.values())
-    page.screenshot(path=screenshot_path("flyte-recorded-links", tmp_path), full_page=True)
+    screenshot(page, "flyte-recorded-links", full_page=True)
     page.close()
 
 

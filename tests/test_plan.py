@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flyteplugins.mlflow import MlflowRun, OnRetry, mlflow_config
+from flyteplugins.mlflow import MlflowConfig, MlflowRun, OnRetry, mlflow_config
 from flyteplugins.mlflow._context import ROOT_ACTION_KEY, Inherited, TaskSnapshot, env_rank
 from flyteplugins.mlflow._lifecycle import plan
 from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG
@@ -77,6 +77,20 @@ def test_outside_flyte_nothing_is_tagged_or_swept() -> None:
     p = plan(MlflowRun(), None, TaskSnapshot(), URI)
     assert p is not None and p.sweep_root is None and p.retry is None
     assert ACTION_TAG not in p.tags
+
+
+def test_a_request_timeout_bounds_connecting_and_answering() -> None:
+    """Setting ``request_timeout`` (on the tracker or in the context) sets both limits of an attempt;
+    setting only the retries keeps the default 4 s to connect and 30 s to answer."""
+    timed = plan(MlflowRun(request_timeout=2), None, TaskSnapshot(), URI)
+    assert timed is not None
+    assert (timed.policy.timeout, timed.policy.answer_timeout) == (2.0, 2.0)
+    assert timed.policy.describe() == "request_timeout=2s, request_retries=2"
+    from_context = plan(MlflowRun(), None, TaskSnapshot(config=MlflowConfig(request_timeout=0.5)), URI)
+    assert from_context is not None and from_context.policy.answer_timeout == 0.5
+    retried = plan(MlflowRun(request_retries=1), None, TaskSnapshot(), URI)
+    assert retried is not None
+    assert (retried.policy.timeout, retried.policy.answer_timeout, retried.policy.retries) == (4.0, 30.0, 1)
 
 
 @pytest.mark.parametrize(

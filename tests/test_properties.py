@@ -24,6 +24,7 @@ from flyteplugins.mlflow import (
     MlflowRun,
     OnRetry,
     OnTrackingError,
+    ReportGoal,
     RunMode,
     mlflow_config,
     mlflow_run,
@@ -116,6 +117,9 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
         st.floats(min_value=0, exclude_min=True, allow_infinity=False) | st.integers(1, 3600),
     )
     maybe("request_retries", st.integers(0, 10))
+    maybe("report", st.booleans())
+    maybe("report_metric", st.from_regex(r"[\w./ :-]{1,30}", fullmatch=True))
+    maybe("report_goal", st.sampled_from([None, *ReportGoal, "minimize", "maximize"]))
     return out
 
 
@@ -163,6 +167,8 @@ interesting_values = st.one_of(
             "nested",
             "warn",
             "raise",
+            "minimize",
+            "maximize",
             "0",
             "-1",
             "11",

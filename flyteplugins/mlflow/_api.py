@@ -9,7 +9,14 @@ from flyte.extend import TaskTemplate
 from typing_extensions import ParamSpec, Unpack
 
 from flyteplugins.mlflow import _context, _lifecycle
-from flyteplugins.mlflow._config import START_RUN_KWARGS, MlflowConfig, OnRetry, OnTrackingError, RunMode
+from flyteplugins.mlflow._config import (
+    START_RUN_KWARGS,
+    MlflowConfig,
+    OnRetry,
+    OnTrackingError,
+    ReportGoal,
+    RunMode,
+)
 from flyteplugins.mlflow._run import MlflowRun
 from mlflow.tracking.fluent import ActiveRun
 
@@ -55,6 +62,9 @@ class ConfigOptions(TypedDict, total=False):
     on_retry: OnRetry | Literal["new", "resume"]
     request_timeout: float | None
     request_retries: int | None
+    report: bool
+    report_metric: str | None
+    report_goal: ReportGoal | Literal["minimize", "maximize"] | None
     description: str
     log_system_metrics: bool
 

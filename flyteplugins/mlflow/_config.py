@@ -31,6 +31,7 @@ __all__ = [
     "MlflowTrackingSettings",
     "OnRetry",
     "OnTrackingError",
+    "ReportGoal",
     "RunMode",
     "decode",
     "encode",
@@ -38,6 +39,7 @@ __all__ = [
     "thaw",
     "to_on_retry",
     "to_on_tracking_error",
+    "to_report_goal",
     "to_run_mode",
 ]
 
@@ -100,6 +102,21 @@ class OnRetry(str, enum.Enum):
         return self.value
 
 
+class ReportGoal(str, enum.Enum):
+    """Which way is better for ``report_metric``, the metric that ranks nested children in the report.
+
+    ``MINIMIZE`` puts the child with the lowest value first (a loss, an error); ``MAXIMIZE`` the
+    highest (an accuracy, a score). Unset (``None``) on a tracker or config means "no preference";
+    when nothing sets it, the report minimizes.
+    """
+
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -145,6 +162,16 @@ def to_on_retry(value: OnRetry | str) -> OnRetry:
         TypeError: the value is neither a string nor an ``OnRetry``.
     """
     return _to_enum(OnRetry, "on_retry", value)
+
+
+def to_report_goal(value: ReportGoal | str | None) -> ReportGoal | None:
+    """Convert a report goal given as a :class:`ReportGoal`, its string value, or ``None`` (unset).
+
+    Raises:
+        ValueError: the string is not a goal; the message lists the valid ones.
+        TypeError: the value is neither a string, a ``ReportGoal`` nor ``None``.
+    """
+    return None if value is None else _to_enum(ReportGoal, "report_goal", value)
 
 
 # --- frozen JSON-like values -------------------------------------------------------------------
@@ -418,6 +445,19 @@ def check_link_template(
             raise ValueError(msg)
 
 
+_METRIC_NAME: Final = re.compile(r"[\w./ :-]+")
+
+
+def _metric_name(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _optional_text(instance, attribute, value)
+    if value is not None and not _METRIC_NAME.fullmatch(value):
+        msg = (
+            f"{attribute.name} must be an MLflow metric name, got {value!r}; valid characters are "
+            "letters, digits, underscores, dashes, periods, slashes, colons and spaces"
+        )
+        raise ValueError(msg)
+
+
 def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -475,6 +515,9 @@ class MlflowTrackingSettings:
     on_retry: OnRetry = attrs.field(default=OnRetry.NEW, converter=to_on_retry)
     request_timeout: float | None = attrs.field(default=None, validator=_positive_float)
     request_retries: int | None = attrs.field(default=None, validator=_retries)
+    report: bool = attrs.field(default=False, validator=_bool)
+    report_metric: str | None = attrs.field(default=None, validator=_metric_name)
+    report_goal: ReportGoal | None = attrs.field(default=None, converter=to_report_goal)
 
     def __attrs_post_init__(self) -> None:
         if self.experiment_name is not None and self.experiment_id is not None:
@@ -559,6 +602,7 @@ class _Kind(enum.Enum):
     MAPPING = "a JSON object"
     SECONDS = "a positive number"
     COUNT = "a whole number"
+    GOAL = "a report goal or '' (unset)"
 
 
 _KINDS: Final[dict[str, _Kind]] = {
@@ -574,6 +618,8 @@ _KINDS: Final[dict[str, _Kind]] = {
     "on_retry": _Kind.RETRY,
     "request_timeout": _Kind.SECONDS,
     "request_retries": _Kind.COUNT,
+    "report": _Kind.FLAG,
+    "report_goal": _Kind.GOAL,
 }
 _DEFAULTS: Final = {f.name: f.default for f in _FIELDS}
 
@@ -588,7 +634,7 @@ def _is_unset(name: str, value: object) -> bool:
 def _encode_value(kind: _Kind, value: Any) -> str:
     if kind in (_Kind.FLAG, _Kind.OPTIONAL_FLAG):
         return "true" if value else "false"
-    if kind in (_Kind.MODE, _Kind.POLICY, _Kind.RETRY):
+    if kind in (_Kind.MODE, _Kind.POLICY, _Kind.RETRY, _Kind.GOAL):
         return str(value.value)
     if kind is _Kind.MAPPING:
         return json.dumps(thaw(value), sort_keys=True, separators=(",", ":"))
@@ -621,6 +667,8 @@ def _decode_value(key: str, kind: _Kind, text: str) -> object:
         return to_on_tracking_error(text or OnTrackingError.RAISE)
     elif kind is _Kind.RETRY:
         return to_on_retry(text or OnRetry.NEW)
+    elif kind is _Kind.GOAL:
+        return to_report_goal(text or None)
     elif kind is _Kind.MAPPING:
         if text == "":
             return None

@@ -92,7 +92,12 @@ class Transport:
         )
 
     def request(
-        self, creds: MlflowHostCreds, endpoint: str, method: str, payload: dict[str, Any], timeout: float
+        self,
+        creds: MlflowHostCreds,
+        endpoint: str,
+        method: str,
+        payload: dict[str, Any],
+        timeout: tuple[float, float],
     ) -> requests.Response:
         """Send one request with the credentials and TLS settings in ``creds``; no retries.
 
@@ -127,8 +132,13 @@ def _transport(host: str, pid: int) -> Transport:
     return Transport.for_host(host)
 
 
-def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: float) -> requests.Response:
+def send(
+    uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: tuple[float, float]
+) -> requests.Response:
     """Send one request to the tracking server at ``uri`` and return the response, whatever its status.
+
+    ``timeout`` is ``(connect, read)`` in seconds. MLflow's ``http_request`` takes one number: it
+    gets the larger.
 
     Plain servers go through the process's :class:`Transport` for the server; the rest through
     MLflow's ``http_request``. Neither retries: the caller decides what is worth repeating.
@@ -146,7 +156,7 @@ def send(uri: str, endpoint: str, method: str, body: dict[str, Any], timeout: fl
             method,
             max_retries=0,
             backoff_factor=0,
-            timeout=timeout,
+            timeout=max(timeout),
             raise_on_status=False,
             **payload,
         )

@@ -39,7 +39,16 @@ from typing import Any, Final, TypeVar
 import attrs
 from typing_extensions import ParamSpec
 
-from flyteplugins.mlflow import _backlink, _mlflow_state, _ranks, _retries, _runstack, _signals, _sweep
+from flyteplugins.mlflow import (
+    _backlink,
+    _mlflow_state,
+    _ranks,
+    _report,
+    _retries,
+    _runstack,
+    _signals,
+    _sweep,
+)
 from flyteplugins.mlflow._backlink import NOTE_TAG
 from flyteplugins.mlflow._config import (
     CONTEXT_PREFIX,
@@ -152,6 +161,7 @@ class Plan:
     passed_down: Mapping[str, str] = attrs.field(factory=dict)
     retry: OnRetry | None = None
     sweep_root: str | None = None
+    report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -202,11 +212,8 @@ def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Au
 def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
     timeout = own.request_timeout or ctx.request_timeout
     retries = own.request_retries if own.request_retries is not None else ctx.request_retries
-    return attrs.evolve(
-        DEFAULT_POLICY,
-        timeout=timeout or DEFAULT_POLICY.timeout,
-        retries=DEFAULT_POLICY.retries if retries is None else retries,
-    )
+    policy = DEFAULT_POLICY if retries is None else attrs.evolve(DEFAULT_POLICY, retries=retries)
+    return policy if timeout is None else attrs.evolve(policy, timeout=timeout, read_timeout=None)
 
 
 def plan(
@@ -309,6 +316,7 @@ def plan(
         passed_down=passed_down,
         retry=retry,
         sweep_root=sweep_root,
+        report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
     )
 
 
@@ -590,8 +598,10 @@ def call_sync(
             result = func(*args, **kwargs)
     except BaseException as error:
         _end_or_warn(opened, error, runs)
+        _report.write(opened, error)
         raise
     _end_or_warn(opened, None, runs)
+    _report.write(opened, None)
     return result
 
 
@@ -646,8 +656,10 @@ async def call_async(
             result = await func(*args, **kwargs)
     except BaseException as error:
         await _complete(_end_or_warn, opened, error, runs)
+        await _report.write_async(opened, error)
         raise
     _, cancelled = await _complete(_end_or_warn, opened, None, runs)
     if cancelled:
         raise asyncio.CancelledError
+    await _report.write_async(opened, None)
     return result

@@ -15,7 +15,7 @@ and retries in a loop of its own:
 At most :data:`MAX_CONCURRENT_REQUESTS` of these requests are in flight per process, so a burst of
 parallel trials cannot exhaust the server's connection pool. A call waiting for a free slot gives
 up once the server has answered none of the process's requests for as long as one call may take
-(:meth:`RequestPolicy.budget`, 13.5 s by default), so a silent server fails every queued trial in
+(:meth:`RequestPolicy.budget`), so a silent server fails every queued trial in
 seconds, not after the queue has timed out eight at a time. Other tracking stores (a local SQLite
 file, a ``file:`` directory, Databricks) are reached through ``MlflowClient`` as usual.
 
@@ -36,14 +36,16 @@ import requests
 import urllib3
 from google.protobuf.message import Message
 
+from flyteplugins.mlflow._auth import explain
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._http import send
-from mlflow.entities import Run, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import (
     CreateExperiment,
     CreateRun,
     GetExperimentByName,
+    GetMetricHistory,
     GetRun,
     LogBatch,
     SearchRuns,
@@ -60,15 +62,26 @@ _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 _HEARD: dict[str, float] = {}  # tracking URI -> when it last answered one of our requests (monotonic)
 _NOT_PROCESSED: Final = frozenset({429, 502, 503, 504})
 _MAX_BACKOFF: Final = 4.0
+_NEWEST: Final = "attributes.start_time DESC"
 
 
 @attrs.frozen
 class RequestPolicy:
-    """Limits for one of the plugin's requests: per-attempt timeout, retries, and the first backoff."""
+    """Limits for one of the plugin's requests: timeouts per attempt, retries, and the first backoff.
+
+    ``timeout`` bounds making the connection, and also waiting for the answer unless
+    ``read_timeout`` is set. The default policy gives the answer longer (:data:`DEFAULT_POLICY`).
+    """
 
     timeout: float = 4.0
     retries: int = 2
     backoff: float = 0.5
+    read_timeout: float | None = None
+
+    @property
+    def answer_timeout(self) -> float:
+        """How long an attempt waits for the answer once its request is sent."""
+        return self.timeout if self.read_timeout is None else self.read_timeout
 
     def for_finalize(self) -> RequestPolicy:
         """Finalizing a finished run gets more retries: losing its status is worse than waiting."""
@@ -77,10 +90,23 @@ class RequestPolicy:
     def budget(self) -> float:
         """The longest one call can take on its own: every attempt timing out, with the backoffs between."""
         backoffs = sum(min(self.backoff * 2.0**k, _MAX_BACKOFF) for k in range(self.retries))
-        return (self.retries + 1) * self.timeout + backoffs
+        return (self.retries + 1) * max(self.timeout, self.answer_timeout) + backoffs
+
+    def describe(self) -> str:
+        """The settings as error messages quote them."""
+        if self.answer_timeout == self.timeout:
+            return f"request_timeout={self.timeout:g}s, request_retries={self.retries}"
+        return (
+            f"request_timeout unset: {self.timeout:g}s to connect, {self.answer_timeout:g}s to answer; "
+            f"request_retries={self.retries}"
+        )
 
 
-DEFAULT_POLICY: Final = RequestPolicy()
+# 4 s to connect and 30 s for the answer: a server that cannot be reached shows it within seconds,
+# while one that authenticates every request (MLflow's basic-auth app checks a password hash each
+# time, about 0.3 s of CPU) queues the requests of parallel trials and answered the plugin's in up
+# to 6 s in tests/test_auth.py with sixteen trials; MLflow's own client waits 120 s.
+DEFAULT_POLICY: Final = RequestPolicy(read_timeout=30.0)
 
 
 def describe(uri: str) -> str:
@@ -128,8 +154,17 @@ class Server(Protocol):
         """Return the id of the experiment called ``name``, creating it if it does not exist."""
         ...
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request.
+
+        ``order_by`` (an MLflow ``order_by`` clause) orders them otherwise; the newest first breaks ties.
+        """
+        ...
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """The first ``max_results`` points of a metric's history in one request, and whether it has more."""
         ...
 
 
@@ -170,12 +205,12 @@ class RestServer:
                     msg = (
                         f"the MLflow tracking server at {where} could not be reached to {action}: it "
                         f"answered none of this process's requests while this one waited {waited:.1f}s "
-                        f"for one of the {MAX_CONCURRENT_REQUESTS} request slots "
-                        f"(request_timeout={policy.timeout:g}s, request_retries={policy.retries})"
+                        f"for one of the {MAX_CONCURRENT_REQUESTS} request slots ({policy.describe()})"
                     )
                     raise TrackingServerUnreachable(msg)
                 try:
-                    reply = send(self.uri, endpoint, "GET" if get else "POST", body, policy.timeout)
+                    timeouts = (policy.timeout, policy.answer_timeout)
+                    reply = send(self.uri, endpoint, "GET" if get else "POST", body, timeouts)
                 finally:
                     _SLOTS.release()
                 _HEARD[self.uri] = time.monotonic()
@@ -186,8 +221,12 @@ class RestServer:
                 failure = f"HTTP {reply.status_code}"
                 retry = reply.status_code in _NOT_PROCESSED or (idempotent and reply.status_code >= 500)
                 if not retry:
+                    request_line = f"{'GET' if get else 'POST'} {path}"
                     error = _server_message(reply)
-                    msg = f"the MLflow tracking server at {where} refused to {action}: {failure}: {error}"
+                    msg = (
+                        f"the MLflow tracking server at {where} refused to {action} ({request_line}): "
+                        f"{failure}: {error}{explain(reply.status_code)}"
+                    )
                     raise TrackingRequestError(msg)
             except MlflowTrackingError:
                 raise
@@ -201,7 +240,7 @@ class RestServer:
                 msg = (
                     f"the MLflow tracking server at {where} {verb} {action}: {failure} "
                     f"after {attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f}s "
-                    f"(request_timeout={policy.timeout:g}s, request_retries={policy.retries})"
+                    f"({policy.describe()})"
                 )
                 raise error_type(msg)
             time.sleep(min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
@@ -239,16 +278,26 @@ class RestServer:
         request = LogBatch(run_id=run_id, tags=[RunTag(k, v).to_proto() for k, v in tags.items()])
         self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first, in one request."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` matching ``filter_string``, by ``order_by``, in one request."""
         request = SearchRuns(
             experiment_ids=experiment_ids,
             filter=filter_string,
             max_results=max_results,
-            order_by=["attributes.start_time DESC"],
+            order_by=_order(order_by),
         )
         reply = self._call("search the runs", "runs/search", request, SearchRuns.Response())
         return [Run.from_proto(run) for run in reply.runs]
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """The first ``max_results`` points of a metric's history in one request, and whether it has more."""
+        request = GetMetricHistory(run_id=run_id, run_uuid=run_id, metric_key=key, max_results=max_results)
+        reply = self._call(
+            "read a metric's history", "metrics/get-history", request, GetMetricHistory.Response(), get=True
+        )
+        return [Metric.from_proto(m) for m in reply.metrics], bool(reply.next_page_token)
 
     def _find_experiment(self, name: str) -> str | None:
         try:
@@ -288,6 +337,10 @@ class RestServer:
             msg = f"experiment {name!r} was reported to exist, but the tracking server cannot find it"
             raise TrackingRequestError(msg)
         return again
+
+
+def _order(order_by: str) -> list[str]:
+    return [order_by] if order_by == _NEWEST else [order_by, _NEWEST]
 
 
 def _take_slot(uri: str, started: float, budget: float) -> bool:
@@ -409,20 +462,26 @@ class StoreServer:
             "tag the run", lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         )
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> list[Run]:
-        """The live runs of ``experiment_ids`` that match ``filter_string``, newest first."""
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
+    ) -> list[Run]:
+        """The live runs of ``experiment_ids`` that match ``filter_string``, in ``order_by`` order."""
         runs: list[Run] = self._guard(
             "search the runs",
             lambda: list(
                 self.client.search_runs(
-                    experiment_ids,
-                    filter_string,
-                    max_results=max_results,
-                    order_by=["attributes.start_time DESC"],
+                    experiment_ids, filter_string, max_results=max_results, order_by=_order(order_by)
                 )
             ),
         )
         return runs
+
+    def metric_history(self, run_id: str, key: str, max_results: int) -> tuple[list[Metric], bool]:
+        """A metric's history, cut at ``max_results`` points, and whether it was cut."""
+        points: list[Metric] = self._guard(
+            "read a metric's history", lambda: list(self.client.get_metric_history(run_id, key))
+        )
+        return points[:max_results], len(points) > max_results
 
     def experiment_id(self, name: str) -> str:
         """Return the id of the experiment called ``name``, creating it if it does not exist."""

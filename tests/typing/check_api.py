@@ -25,6 +25,7 @@ from flyteplugins.mlflow import (
     MlflowTrackingError,
     OnRetry,
     OnTrackingError,
+    ReportGoal,
     RunMode,
     TrackingRequestError,
     TrackingServerUnreachable,
@@ -141,6 +142,10 @@ mlflow_config(on_tracking_error="ignore")  # type: ignore[arg-type]
 mlflow_config(on_retry="restart")  # type: ignore[arg-type]
 mlflow_run(on_retry=OnRetry.RESTART)  # type: ignore[attr-defined]
 resumes: MlflowRun = mlflow_run(on_retry="resume")
+mlflow_config(report_goal="lowest")  # type: ignore[arg-type]
+mlflow_run(report_goal=ReportGoal.LOWEST)  # type: ignore[attr-defined]
+mlflow_run(report=True, report_metric=3)  # type: ignore[call-overload]
+reports: MlflowRun = mlflow_run(report=True, report_metric="rmse", report_goal="maximize")
 
 MlflowRun(tags=["team", "ml"])  # type: ignore[arg-type]
 MlflowRun(tags="team=ml")  # type: ignore[arg-type]
@@ -187,6 +192,9 @@ assert_type(RunMode("nested"), RunMode)
 assert_type(OnTrackingError("warn"), OnTrackingError)
 assert_type(OnRetry("resume"), OnRetry)
 assert_type(MlflowConfig(on_retry="new").on_retry, OnRetry)
+assert_type(ReportGoal("maximize"), ReportGoal)
+assert_type(MlflowConfig(report_goal="minimize").report_goal, ReportGoal | None)
+assert_type(mlflow_config(report=True).report, bool)
 
 
 # --- links to a task's own run -----------------------------------------------------------------
