@@ -57,7 +57,16 @@ class Mlflow(flyte.Link):
         link: an explicit URL; when given, it is shown as it is and nothing is generated.
         run_mode: the run mode of the task the link is on. Leave it unset: ``MlflowRun.link()`` and
             decorating a task set it on the decorated copy. When it is ``nested`` and ``name`` is the
-            default, the link is named "MLflow (parent)".
+            default, the link is named "MLflow (parent)". Unset, the run mode in the context is used.
+        icon_uri: the icon the Flyte UI shows next to the link.
+
+    A generated link points at the calling task's run: for ``auto`` the run the task shares, for
+    ``nested`` the parent's, for ``new`` nothing. It needs a ``link_host`` in the caller's context and
+    a tracked caller. Links are never changed, so one instance can be shared by tasks of any mode.
+
+    Raises:
+        TypeError: a field that is not a string.
+        ValueError: a ``run_mode`` that is not a run mode.
     """
 
     name: str = attrs.field(default=DEFAULT_NAME, validator=_str)
@@ -66,7 +75,15 @@ class Mlflow(flyte.Link):
     icon_uri: str = attrs.field(default="", validator=_str, kw_only=True)
 
     def bound_to(self, mode: RunMode) -> Mlflow:
-        """A copy of this link for a task with run mode ``mode`` (renamed for ``nested``)."""
+        """A copy of this link for a task with run mode ``mode`` (renamed for ``nested``).
+
+        Args:
+            mode: The run mode of the task the link goes on.
+
+        Returns:
+            This link when it is already bound or ``mode`` is ``auto``; otherwise a bound copy. The
+            link itself is never changed.
+        """
         if self.run_mode is not None or mode is RunMode.AUTO:
             return self
         name = PARENT_NAME if mode is RunMode.NESTED and self.name == DEFAULT_NAME else self.name
@@ -83,7 +100,22 @@ class Mlflow(flyte.Link):
         pod_name: str,
         **kwargs: str,
     ) -> str:
-        """Render the URL for a task submitted from a task with this ``context`` ("" for none)."""
+        """Render the URL; Flyte calls this when the calling task submits the task the link is on.
+
+        Args:
+            run_name: The Flyte run (not used).
+            project: The Flyte project (not used).
+            domain: The Flyte domain (not used).
+            context: The calling task's ``custom_context``, where a tracked caller announces its run.
+            parent_action_name: The calling action (not used).
+            action_name: The submitted action (not used).
+            pod_name: The submitted action's pod (not used).
+            **kwargs: Anything else Flyte passes (not used).
+
+        Returns:
+            The explicit ``link`` when set; else the generated URL of the caller's run; else ``""``
+            (no link shown), also for a malformed context.
+        """
         if self.link:
             return self.link
         try:
