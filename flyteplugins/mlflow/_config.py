@@ -69,9 +69,9 @@ class RunMode(str, enum.Enum):
 class OnTrackingError(str, enum.Enum):
     """What a task does when the tracking server fails it.
 
-    ``RAISE`` fails the task with an [`MlflowTrackingError`][flyteplugins.mlflow.MlflowTrackingError]. ``WARN`` logs a
-    warning and goes on: the body runs untracked if the run cannot start, and a finished body's
-    result is returned even if the run cannot be finalized.
+    ``RAISE`` fails the task with an [`MlflowTrackingError`][flyteplugins.mlflow.MlflowTrackingError].
+    ``WARN`` logs a warning and goes on: the body runs untracked if the run cannot start, and a
+    finished body's result is returned even if the run cannot be finalized.
     """
 
     RAISE = "raise"
