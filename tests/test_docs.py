@@ -1,6 +1,6 @@
 """The docs' Python snippets pass ``mypy --strict``, and the checker catches a wrong one.
 
-The rule (also in docs/README.md, for doc writers): every ```` ```python ```` block of a page in
+The rule (also in README.md, "Writing the docs"): every ```` ```python ```` block of a page in
 ``docs/`` and of ``README.md`` is type-checked. A page's blocks are joined, in order, into one module,
 so a later block may use what an earlier block on the same page defined or imported. A line
 ``<!-- snippets: new module -->`` starts a fresh module for the blocks after it (for alternatives
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import attrs
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +125,28 @@ def test_every_snippet_on_the_site_type_checks(tmp_path: Path) -> None:
     assert sum(len(modules_of(page, text)) for page, text in pages.items()) >= 6, "too few snippets found"
     errors = check_pages(pages, tmp_path)
     assert errors == [], "snippets that do not type-check:\n" + "\n".join(errors)
+
+
+def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
+    """The home page's snippets, run as one script, track a parent run with three nested trial runs."""
+    (module,) = modules_of("docs/index.md", (ROOT / "docs" / "index.md").read_text())
+    script = tmp_path / "quickstart.py"
+    script.write_text("\n".join(module.lines) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    parent_id = result.stdout.split("parent run:")[1].split()[0]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.info.run_id != parent_id]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in trials} == {parent_id}
+    assert sorted(r.data.params["learning_rate"] for r in trials) == ["0.1", "0.2", "0.3"]
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 4
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["best_loss"] == min(r.data.metrics["loss"] for r in trials)
 
 
 def test_the_pages_left_out_exist() -> None:
