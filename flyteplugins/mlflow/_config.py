@@ -523,8 +523,10 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
     """MLflow settings for a workflow or a scope within a task.
 
     A config is also a read-only ``dict[str, str]`` of the settings it sets, in the ``custom_context``
-    encoding, so it can be given to ``flyte.with_runcontext(custom_context=...)`` as it is (Flyte
-    types that parameter as a ``dict``; every mutating ``dict`` method raises ``TypeError``). It is
+    encoding under the keys ``mlflow_<setting>``, so it can be given to
+    ``flyte.with_runcontext(custom_context=...)`` as it is (Flyte types that parameter as a ``dict``;
+    every mutating ``dict`` method raises ``TypeError``). A config is truthy even when it sets
+    nothing (``len(mlflow_config()) == 0``). It is
     also a context manager: inside a task, ``with mlflow_config(run_mode="new"): await child()``
     applies its settings to the tasks called in the block, and the previous settings come back when
     the block exits. A scoped config's tags are added to the tags already in the context. Outside a
