@@ -128,6 +128,8 @@ def test_api_page_shows_parameters_defaults_and_errors(site: Path, page: Page) -
     raises = section.locator("table").filter(has_text="ValueError")
     assert raises.count() >= 1
     assert "names the field and the value" in raises.first.inner_text()
+    call = page.locator('[id="flyteplugins.mlflow.MlflowRun.__call__"]')
+    assert call.count() == 1, "decorating with a tracker (MlflowRun.__call__) is not documented"
     signature = section.locator(".doc-signature").first.inner_text()
     assert "request_retries: int | None = None" in " ".join(signature.split())
     _shows_png(page)
