@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui test pytest typecheck lint bench screenshots clean
+.PHONY: venv browser demo ui docs test pytest typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,11 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser pytest typecheck lint
+test: venv browser docs pytest typecheck lint
+
+# The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # The browser tests drive Debian's headless chromium; install it where it is missing.
 browser:
@@ -45,4 +49,4 @@ bench: venv
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo mlruns
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo mlruns site

@@ -91,6 +91,14 @@ def mlflow_config(**options: Unpack[ConfigOptions]) -> MlflowConfig:
     these settings; ``with mlflow_config(run_mode="new"): await child()`` applies them to the tasks
     called in the block. Settings on a tracker win over these.
 
+    Args:
+        **options: Any setting of [`MlflowConfig`][flyteplugins.mlflow.MlflowConfig] by name, plus
+            ``description`` and ``log_system_metrics``, the extra ``mlflow.start_run`` arguments
+            (collected into ``run_kwargs``).
+
+    Returns:
+        The settings, as an ``MlflowConfig``.
+
     Raises:
         ValueError: invalid or conflicting settings, or an unknown keyword (valid extras:
             ``description``, ``log_system_metrics``).
@@ -115,7 +123,18 @@ def mlflow_run(target: Any = None, /, **options: Any) -> Any:
     """Track a task's MLflow run: ``@mlflow_run`` or ``@mlflow_run(run_mode=..., ...)`` above ``@env.task``.
 
     Used bare, it decorates the task with default settings. Called with settings, it returns an
-    :class:`MlflowRun` tracker, so ``mlflow_run(run_mode="new") == MlflowRun(run_mode=RunMode.NEW)``.
+    [`MlflowRun`][flyteplugins.mlflow.MlflowRun] tracker, so
+    ``mlflow_run(run_mode="new") == MlflowRun(run_mode=RunMode.NEW)``.
+
+    Args:
+        target: The task or function to decorate, when used bare (``@mlflow_run``).
+        **options: Any setting of [`MlflowConfig`][flyteplugins.mlflow.MlflowConfig] by name,
+            ``rank``, and ``description`` and ``log_system_metrics``, the extra ``mlflow.start_run``
+            arguments (collected into ``run_kwargs``).
+
+    Returns:
+        Used bare, the decorated copy of the task (same type) or a wrapper with the function's
+        signature; called with settings, the ``MlflowRun`` tracker they make.
 
     Raises:
         ValueError: invalid or conflicting settings, or an unknown keyword.
@@ -128,8 +147,12 @@ def mlflow_run(target: Any = None, /, **options: Any) -> Any:
 def get_mlflow_run() -> ActiveRun | None:
     """The MLflow run of the tracked task or function being executed, or ``None`` outside one.
 
-    Also ``None`` on ranks other than 0, and when tracking is off because the server failed under
+    Also ``None`` on ranks other than 0 (use ``get_mlflow_run_id`` there), in an untracked task even
+    when a tracked task called it, and when tracking is off because the server failed under
     ``on_tracking_error="warn"``.
+
+    Returns:
+        The ``mlflow.ActiveRun`` of the current call, or ``None``.
     """
     return _lifecycle.current_run()
 
@@ -137,7 +160,7 @@ def get_mlflow_run() -> ActiveRun | None:
 def get_mlflow_run_id() -> str | None:
     """The id of the MLflow run that rank 0 logs to, on every rank of a distributed job.
 
-    On rank 0 (and in any ordinary tracked call) it is the id of :func:`get_mlflow_run`'s run, at no
+    On rank 0 (and in any ordinary tracked call) it is the id of ``get_mlflow_run()``'s run, at no
     cost. On other ranks, which have no run, it is found: from the Flyte context when rank 0 shares
     its caller's run or resumes a given one, otherwise with one search of the tracking server per try
     while rank 0 has not created its run yet (up to 60 s). The answer is kept for the process, so only

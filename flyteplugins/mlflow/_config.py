@@ -63,8 +63,11 @@ class RunMode(str, enum.Enum):
     """
 
     AUTO = "auto"
+    """Share the caller's run when the caller is tracked (never ending it), else start a run."""
     NEW = "new"
+    """Start a top-level run of the task's own, even when the caller has a run."""
     NESTED = "nested"
+    """Start a run of the task's own under the caller's run (tag ``mlflow.parentRunId``)."""
 
     def __str__(self) -> str:
         return self.value
@@ -73,13 +76,15 @@ class RunMode(str, enum.Enum):
 class OnTrackingError(str, enum.Enum):
     """What a task does when the tracking server fails it.
 
-    ``RAISE`` fails the task with an :class:`~flyteplugins.mlflow.MlflowTrackingError`. ``WARN`` logs a
-    warning and goes on: the body runs untracked if the run cannot start, and a finished body's
-    result is returned even if the run cannot be finalized.
+    ``RAISE`` fails the task with an [`MlflowTrackingError`][flyteplugins.mlflow.MlflowTrackingError].
+    ``WARN`` logs a warning and goes on: the body runs untracked if the run cannot start, and a
+    finished body's result is returned even if the run cannot be finalized.
     """
 
     RAISE = "raise"
+    """The default: a tracking failure fails the task with an ``MlflowTrackingError``."""
     WARN = "warn"
+    """Log a warning on the ``flyteplugins.mlflow`` logger and go on (``get_mlflow_run()`` is ``None``)."""
 
     def __str__(self) -> str:
         return self.value
@@ -96,7 +101,11 @@ class OnRetry(str, enum.Enum):
     """
 
     NEW = "new"
+    """The default: the retry gets a run of its own, tagged ``flyte.replaces``; the latest earlier run is
+    tagged ``flyte.replaced_by``, and earlier runs still ``RUNNING`` are marked ``KILLED``."""
     RESUME = "resume"
+    """The retry reopens the latest earlier run (``flyte.attempts`` lists every attempt that wrote to it);
+    with no earlier run, it creates one as usual."""
 
     def __str__(self) -> str:
         return self.value
@@ -111,7 +120,9 @@ class ReportGoal(str, enum.Enum):
     """
 
     MINIMIZE = "minimize"
+    """Lowest value first: a loss, an error. What the report does when nothing sets a goal."""
     MAXIMIZE = "maximize"
+    """Highest value first: an accuracy, a score."""
 
     def __str__(self) -> str:
         return self.value
@@ -541,11 +552,74 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
     """MLflow settings for a workflow or a scope within a task.
 
     A config is also a read-only ``dict[str, str]`` of the settings it sets, in the ``custom_context``
-    encoding, so it can be given to ``flyte.with_runcontext(custom_context=...)`` as it is (Flyte
-    types that parameter as a ``dict``; every mutating ``dict`` method raises ``TypeError``). It is
+    encoding under the keys ``mlflow_<setting>``, so it can be given to
+    ``flyte.with_runcontext(custom_context=...)`` as it is (Flyte types that parameter as a ``dict``;
+    every mutating ``dict`` method raises ``TypeError``). A config is truthy even when it sets
+    nothing (``len(mlflow_config()) == 0``). It is
     also a context manager: inside a task, ``with mlflow_config(run_mode="new"): await child()``
     applies its settings to the tasks called in the block, and the previous settings come back when
-    the block exits. A scoped config's tags are added to the tags already in the context.
+    the block exits. A scoped config's tags are added to the tags already in the context. Outside a
+    task the block changes nothing.
+
+    The same settings, in the same order, are taken by [`MlflowRun`][flyteplugins.mlflow.MlflowRun],
+    [`mlflow_run`][flyteplugins.mlflow.mlflow_run] and [`mlflow_config`][flyteplugins.mlflow.mlflow_config].
+    All are keyword-only. A setting left at its default means "no preference": the next source of
+    settings decides (the tracker, then the context, then ``MLFLOW_TRACKING_URI``, then MLflow).
+    A config is immutable, hashable, compares by value and works with ``attrs.evolve``.
+
+    Args:
+        run_mode: How the task's run relates to its caller's: ``"auto"`` shares the caller's run when
+            the caller is tracked, else starts one; ``"new"`` starts a top-level run; ``"nested"``
+            starts a run under the caller's. A ``RunMode`` or its string. On a tracker, ``"auto"``
+            defers to a run mode set in the context.
+        tracking_uri: The tracking server or store. Unset: ``MLFLOW_TRACKING_URI``, then MLflow's
+            default. It must not contain a user name or password.
+        experiment_name: The experiment for new runs, created if it does not exist. Not together
+            with ``experiment_id``.
+        experiment_id: The experiment for new runs. Not together with ``experiment_name``.
+        run_name: The name of the run the task creates (unset: MLflow picks one). Not together with
+            ``run_id``.
+        run_id: Reopen this run instead of creating one; it gets the task's final status. Not
+            together with ``run_name``.
+        tags: Tags for the run (non-empty ``str`` keys, ``str`` values), added over the Flyte tags and
+            the context's tags.
+        autolog: Switch MLflow autologging on while the task runs; it is switched off afterwards.
+        framework: Use ``mlflow.<framework>.autolog()`` (``"sklearn"``, ``"pytorch"``, ...) instead of
+            ``mlflow.autolog()``. It must name an MLflow module.
+        log_models: Passed to the autolog call when set; unset keeps autolog's own default.
+        log_datasets: Passed to the autolog call when set; unset keeps autolog's own default.
+        autolog_kwargs: More keyword arguments for the autolog call, as JSON values (strings, numbers,
+            booleans, ``None``, lists, string-keyed mappings).
+        link_host: The MLflow UI's base URL, for the links the ``Mlflow`` link generates (unset: no
+            generated links). A trailing slash is ignored. It must not contain credentials.
+        link_template: The link URL, with only the placeholders ``{host}``, ``{experiment_id}`` and
+            ``{run_id}``. Unset: ``{host}/#/experiments/{experiment_id}/runs/{run_id}``.
+        own_link_template: The URL of an ``OWN`` link to a task's ``new`` or ``nested`` run, with only
+            the placeholders ``{host}``, ``{experiment_id}`` and ``{filter}`` (the percent-encoded
+            search for the task's run). Unset: MLflow's run list filtered to the task's action.
+        flyte_console_url: The Flyte console's address, for the ``flyte.url`` tag and the link back to
+            Flyte in each run's description. Unset: in a remote task, the address Flyte's own client
+            knows; locally, no link.
+        run_kwargs: The extra ``mlflow.start_run`` arguments: ``description`` (a ``str``, stored as the
+            run's note) and ``log_system_metrics`` (a ``bool``). ``mlflow_run`` and ``mlflow_config``
+            take them as keywords of their own.
+        on_tracking_error: What a task does when the tracking server fails it: ``"raise"`` or
+            ``"warn"`` (an ``OnTrackingError`` or its string).
+        async_logging: Queue the task's ``mlflow.log_*`` calls with MLflow's asynchronous logging;
+            everything queued is stored before the run's final status is set.
+        on_retry: What a retried attempt, or a restart of elastic workers, does with the runs its
+            earlier attempts left: ``"new"`` or ``"resume"`` (an ``OnRetry`` or its string).
+        request_timeout: Seconds (more than 0) for each attempt of the plugin's own requests to an
+            HTTP(S) server, both to connect and to wait for the answer. Unset: 4 s to connect and 30 s
+            for the answer.
+        request_retries: Retries (0 to 10) of the plugin's own requests. Unset: 2. Setting a run's
+            final status is retried at least 5 times.
+        report: Write an "MLflow" tab in the task's Flyte report when its run ends, on success and on
+            failure.
+        report_metric: The metric that ranks nested children in that tab, best first; an MLflow
+            metric name. Unset: newest first.
+        report_goal: Which way is best for ``report_metric``: ``"minimize"`` (when unset) or
+            ``"maximize"`` (a ``ReportGoal`` or its string).
 
     Raises:
         ValueError: conflicting or invalid settings (the message names the field and the value).

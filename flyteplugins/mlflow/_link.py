@@ -63,10 +63,17 @@ class Mlflow(flyte.Link):
             run mode. Also given as ``"caller"`` or ``"own"``.
         run_mode: the run mode of the task the link is on. Leave it unset: ``MlflowRun.link()`` and
             decorating a task set it on the decorated copy. When it is ``nested``, ``name`` is the
-            default and the target is the caller, the link is named "MLflow (parent)".
+            default and the target is the caller, the link is named "MLflow (parent)". Unset, the
+            run mode in the context is used.
+        icon_uri: the icon the Flyte UI shows next to the link.
         experiment_id: for ``OWN`` links, the experiment of the tracker of the task. Leave it unset:
             binding to a tracker sets it, as ``experiment_name``.
         experiment_name: see ``experiment_id``.
+
+    A ``CALLER`` link (the default) points at the calling task's run: for ``auto`` the run the task
+    shares, for ``nested`` the parent's, for ``new`` nothing. An ``OWN`` link points at the task's own
+    run in every mode. Either needs a ``link_host`` in the caller's context. Links are never changed,
+    so one instance can be shared by tasks of any mode.
 
     Raises:
         ValueError: ``target`` or ``run_mode`` is not one of the valid values (the message lists them).
@@ -116,7 +123,22 @@ class Mlflow(flyte.Link):
         pod_name: str,
         **kwargs: str,
     ) -> str:
-        """Render the URL for a task submitted from a task with this ``context`` ("" for none)."""
+        """Render the URL; Flyte calls this when the calling task submits the task the link is on.
+
+        Args:
+            run_name: The Flyte run (not used).
+            project: The Flyte project (not used).
+            domain: The Flyte domain (not used).
+            context: The calling task's ``custom_context``, where a tracked caller announces its run.
+            parent_action_name: The calling action (not used).
+            action_name: The submitted action (not used).
+            pod_name: The submitted action's pod (not used).
+            **kwargs: Anything else Flyte passes (not used).
+
+        Returns:
+            The explicit ``link`` when set; else the generated URL of the caller's run; else ``""``
+            (no link shown), also for a malformed context.
+        """
         if self.link:
             return self.link
         try:

@@ -52,7 +52,9 @@ class LinkTarget(str, enum.Enum):
     """
 
     CALLER = "caller"
+    """The default: the run the caller announces, as the documented table of links says."""
     OWN = "own"
+    """The task's own run: its run page when it shares one, else the run list filtered to its action."""
 
     def __str__(self) -> str:
         return self.value

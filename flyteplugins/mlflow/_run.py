@@ -42,12 +42,19 @@ class MlflowRun(MlflowTrackingSettings):
 
     ``@tracker`` goes above ``@env.task`` and returns a decorated copy of the task; the original is
     not changed. It also wraps plain sync and async functions and methods. Each call starts, shares
-    or nests an MLflow run as its settings say (see :class:`MlflowConfig` for the settings), makes it
-    the active run of that call only, and ends it with ``FINISHED``, ``FAILED`` or ``KILLED``.
+    or nests an MLflow run as its settings say, makes it the active run of that call only, and ends a
+    run it owns with ``FINISHED``, ``FAILED`` or ``KILLED``.
+
+    It takes every setting of [`MlflowConfig`][flyteplugins.mlflow.MlflowConfig] (described there),
+    plus ``rank``. A tracker is immutable (assigning to a field raises
+    ``attrs.exceptions.FrozenInstanceError``), hashable, compares by value and works with
+    ``attrs.evolve``. It keeps no state about what it decorates.
 
     Args:
-        rank: this process's rank in distributed training; only rank 0 logs. ``None`` reads it from
-            the environment: ``RANK``, then ``SLURM_PROCID``, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``.
+        rank: This process's rank in distributed training; only rank 0 logs. ``None`` reads it from
+            the environment: the first of ``RANK``, ``SLURM_PROCID``, ``OMPI_COMM_WORLD_RANK`` and
+            ``PMI_RANK`` that is set, else 0. A variable that is not a whole number is a
+            ``ValueError`` naming it.
 
     Raises:
         ValueError: conflicting or invalid settings.
@@ -64,6 +71,15 @@ class MlflowRun(MlflowTrackingSettings):
 
     def __call__(self, target: Any) -> Any:
         """Decorate a Flyte task (returning a decorated copy) or wrap a function.
+
+        Args:
+            target: A function task made with ``@env.task``, or a sync or async function or method.
+
+        Returns:
+            For a task, a copy of it of the same type, whose function is tracked and whose ``Mlflow``
+            links are bound to this tracker's run mode; the task itself is not changed. For a
+            function, a wrapper with the same signature (an async function stays a coroutine
+            function).
 
         Raises:
             TypeError: the target is neither a function task nor a callable.
@@ -107,7 +123,11 @@ class MlflowRun(MlflowTrackingSettings):
         return tracked
 
     def config(self) -> MlflowConfig:
-        """This tracker's settings, for ``with_runcontext(custom_context=...)`` or a ``with`` block."""
+        """This tracker's settings, for ``with_runcontext(custom_context=...)`` or a ``with`` block.
+
+        Returns:
+            An ``MlflowConfig`` with every setting of this tracker (``rank`` is not a setting).
+        """
         return MlflowConfig(**{f.name: getattr(self, f.name) for f in attrs.fields(MlflowTrackingSettings)})
 
     def _bind(self, link: Mlflow) -> Mlflow:
@@ -117,9 +137,13 @@ class MlflowRun(MlflowTrackingSettings):
         """A link for ``@env.task(links=(tracker.link(),))`` that already knows this tracker's run mode.
 
         Args:
-            name: the label shown in the Flyte UI.
+            name: The label in the Flyte UI. For a ``nested`` tracker and the caller's run, the
+                default becomes "MLflow (parent)", since the link points at the parent's run.
             target: :attr:`LinkTarget.CALLER` (the default) links to the caller's run as the
                 documented table says; :attr:`LinkTarget.OWN` to the task's own run in every mode.
+
+        Returns:
+            An ``Mlflow`` link bound to this tracker's run mode (and, for ``OWN``, its experiment).
 
         Raises:
             ValueError: ``target`` is not a link target (the message lists them).
@@ -128,6 +152,12 @@ class MlflowRun(MlflowTrackingSettings):
 
     def for_rank(self, rank: int) -> MlflowRun:
         """A copy of this tracker bound to process rank ``rank`` (only rank 0 logs).
+
+        Args:
+            rank: The process's rank, 0 or more.
+
+        Returns:
+            A new tracker; this one is not changed.
 
         Raises:
             TypeError: ``rank`` is not an int.
