@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 
 # Pages that other developers are rewriting right now; the lead removes this list after merging them.
-PAGES_NOT_CHECKED_YET = ("user-guide.md", "what-you-see.md")
+PAGES_NOT_CHECKED_YET: tuple[str, ...] = ()
 
 NEW_MODULE = "<!-- snippets: new module -->"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)")
