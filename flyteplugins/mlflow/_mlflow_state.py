@@ -8,6 +8,12 @@ process starts, counts the tracked tasks that are open, and restores what it fou
 drops back to zero. Autologging is switched on per integration by the first task that asks for it
 and switched off when the last task that asked for it ends.
 
+MLflow also looks for an active Spark session on every fluent ``log_*`` call (twice: each
+``MlflowClient()`` it makes resolves the model registry's URI), by importing ``pyspark``. Where
+pyspark is not installed, that failing import searches ``sys.path`` each time and is most of what a
+queued call costs. While tracked tasks run in such a process, ``sys.modules["pyspark"]`` is ``None``,
+so the import fails at once, with the same ``ImportError``; the last task out removes it again.
+
 Concurrent tracked tasks in one process share these settings, so they must agree on the tracking
 URI: a task that asks for another URI while others are running is refused with a clear error.
 The active experiment is the one of the most recent task to start; it only matters for runs that
@@ -27,7 +33,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -101,6 +109,18 @@ class _Saved:
     uri: str | None
     uri_env: str | None
     experiment_id: str | None
+    marked_absent: bool  # sys.modules[_SPARK] was set to None by the first task
+
+
+_SPARK: Final = "pyspark"
+
+
+def _mark_absent(module: str) -> bool:
+    """Make imports of ``module`` fail at once if it is not installed; return whether it was marked."""
+    if module in sys.modules or importlib.util.find_spec(module) is not None:
+        return False
+    sys.modules[module] = None  # type: ignore[assignment]
+    return True
 
 
 _lock = threading.Lock()
@@ -136,7 +156,10 @@ def hold(uri: str, autolog: Autolog | None, async_logging: bool = False) -> None
             _async_users += 1
         if not _open:
             _saved = _Saved(
-                tracking_utils._tracking_uri, os.environ.get(_URI_ENV), fluent._active_experiment_id
+                tracking_utils._tracking_uri,
+                os.environ.get(_URI_ENV),
+                fluent._active_experiment_id,
+                _mark_absent(_SPARK),
             )
             _uri = uri
             if mlflow.get_tracking_uri() != uri or tracking_utils._tracking_uri is None:
@@ -176,6 +199,8 @@ def release(autolog: Autolog | None, async_logging: bool = False) -> None:
         if _open or _saved is None:
             return
         saved, _saved, _uri = _saved, None, None
+        if saved.marked_absent and sys.modules.get(_SPARK, _SPARK) is None:
+            del sys.modules[_SPARK]
         if tracking_utils._tracking_uri != saved.uri:
             mlflow.set_tracking_uri(saved.uri)
         if saved.uri_env is None:

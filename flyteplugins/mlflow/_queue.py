@@ -32,6 +32,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -90,6 +91,27 @@ class _Run:
         self.errors: list[BaseException] = []
 
 
+_open: weakref.WeakSet[RunQueue] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+_exit_registered = False
+
+
+def _at_exit(queue: RunQueue) -> None:
+    """Close ``queue`` at interpreter exit if it is still open; one exit callback per process, however
+    many queues come and go."""
+    global _exit_registered
+    with _exit_lock:
+        _open.add(queue)
+        if not _exit_registered:
+            atexit.register(_close_open)
+            _exit_registered = True
+
+
+def _close_open() -> None:
+    for queue in list(_open):
+        queue.close()
+
+
 class RunQueue:
     """Per-run queued logging for one tracking store, in place of MLflow's ``AsyncLoggingQueue``.
 
@@ -113,7 +135,7 @@ class RunQueue:
         """How many calls had to wait for room."""
         self._thread = threading.Thread(target=self._loop, name="flyteplugins-mlflow-queue", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+        _at_exit(self)
 
     # --- MLflow's AsyncLoggingQueue surface (what AbstractStore and mlflow.flush_async_logging call)
 
@@ -211,7 +233,7 @@ class RunQueue:
             logger.error("MLflow run %s: queued logging failed: %s", run_id, error)
         if self._thread is not threading.current_thread():
             self._thread.join()
-        atexit.unregister(self.close)
+        _open.discard(self)
 
     def held(self) -> int:
         """How many values are queued or being sent right now."""
