@@ -35,7 +35,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from typing import Final
 
 from mlflow.entities import Metric, Param, RunTag
@@ -65,18 +64,38 @@ def interval() -> float:
 
 
 class _Entry:
-    """One ``log_batch_async`` call: its values, when it was queued, and the future its caller holds."""
+    """One ``log_batch_async`` call: its values, when it was queued, and whether it is stored.
 
-    __slots__ = ("future", "metrics", "params", "queued", "seq", "size", "tags")
+    It is also what MLflow's ``RunOperations`` waits on (``result()``), in place of a
+    ``concurrent.futures.Future``, which would cost a lock and a condition per call.
+    """
 
-    def __init__(self, seq: int, metrics: list[Metric], params: list[Param], tags: list[RunTag]) -> None:
-        self.seq = seq
+    __slots__ = ("cond", "done", "error", "metrics", "params", "queued", "seq", "size", "tags")
+
+    def __init__(
+        self, cond: threading.Condition, metrics: list[Metric], params: list[Param], tags: list[RunTag]
+    ) -> None:
+        self.cond = cond
+        self.seq = 0
         self.metrics = metrics
         self.params = params
         self.tags = tags
         self.size = len(metrics) + len(params) + len(tags)
         self.queued = time.monotonic()
-        self.future: Future[None] = Future()
+        self.done = False
+        self.error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> None:
+        """Wait until the values are stored; raise what storing them raised.
+
+        Raises:
+            TimeoutError: not stored within ``timeout`` seconds.
+        """
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError
+        if self.error is not None:
+            raise self.error
 
 
 class _Run:
@@ -159,11 +178,11 @@ class RunQueue:
             MLflow's ``RunOperations``, whose ``wait()`` returns once the values are stored and raises
             what storing them raised.
         """
-        entry = _Entry(0, list(metrics), list(params), list(tags))
+        entry = _Entry(self._cond, list(metrics), list(params), list(tags))
+        if self._closed:  # set once, never cleared: no lock needed to read it
+            self._send_now(run_id, entry)
+            return RunOperations([entry])
         with self._cond:
-            if self._closed:
-                self._send_now(run_id, entry)
-                return RunOperations([entry.future])
             if self._held and self._held + entry.size > self._limit:
                 self.waits += 1
                 while self._held and self._held + entry.size > self._limit and not self._closed:
@@ -180,7 +199,7 @@ class RunQueue:
             self.high_water = max(self.high_water, self._held)
             if len(run.entries) == 1 or run.size >= _MAX_ENTITIES:
                 self._cond.notify_all()
-        return RunOperations([entry.future])
+        return RunOperations([entry])
 
     def flush(self) -> None:
         """Send everything queued, for every run (``mlflow.flush_async_logging``)."""
@@ -286,12 +305,9 @@ class RunQueue:
             self._held -= size
             if error is not None:
                 run.errors.append(error)
+            for entry in taken:
+                entry.done, entry.error = True, error
             self._cond.notify_all()
-        for entry in taken:
-            if error is None:
-                entry.future.set_result(None)
-            else:
-                entry.future.set_exception(error)
         return True
 
     def _send_now(self, run_id: str, entry: _Entry) -> None:
@@ -299,9 +315,8 @@ class RunQueue:
         try:
             self._send(run_id=run_id, metrics=entry.metrics, params=entry.params, tags=entry.tags)
         except Exception as e:
-            entry.future.set_exception(e)
-        else:
-            entry.future.set_result(None)
+            entry.error = e
+        entry.done = True
 
     def _due(self, now: float, wait: float) -> tuple[list[tuple[str, _Run]], float | None]:
         """The runs to send now, and how long until the next one is due (``None``: nothing queued)."""
