@@ -19,8 +19,11 @@ Run: ``python -m bench.epoch_logging`` (or ``make bench`` for every scenario).
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
+import threading
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -28,10 +31,12 @@ from typing import Final
 import attrs
 import flyte
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from bench._support import Proxy, scenario_server, unique
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._queue import LIMIT, RunQueue
 
 env = flyte.TaskEnvironment(name="bench-epoch-logging")
 
@@ -191,6 +196,37 @@ def main() -> None:
             ]
             verdicts.append(report(n, epochs, rows))
     print(f"target in every shape: {'holds' if all(verdicts) else 'MISSED'}")
+    memory()
+
+
+def memory() -> None:
+    """Print what a held value costs in the plugin's queue, and so what its bound costs at most.
+
+    The queue's sends are held back (its sender waits on an event), so everything logged stays held.
+    """
+    gate = threading.Event()
+
+    def held_back(**_: object) -> None:
+        gate.wait()
+
+    queue = RunQueue(held_back, limit=10**9)
+    try:
+        for per_call in (1, 3):
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(30_000 // per_call):
+                metrics = [Metric(key, float(i), 1_700_000_000_000 + i, i) for key in KEYS[:per_call]]
+                queue.log_batch_async(f"run-{per_call}", [], [], metrics)
+            per_value = (tracemalloc.get_traced_memory()[0] - before) / 30_000
+            tracemalloc.stop()
+            print(
+                f"memory: {per_value:.0f} bytes per value held, {per_call} metric(s) per call; at the bound "
+                f"({LIMIT:,} values) {per_value * LIMIT / 1e6:.0f} MB"
+            )
+    finally:
+        gate.set()
+        queue.close()
 
 
 def header() -> None:
