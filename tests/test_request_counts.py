@@ -8,6 +8,7 @@ these tests. Also here: ``async_logging=True`` queues the task's logging and los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -514,3 +515,44 @@ def test_the_queue_holds_at_most_its_limit_when_the_server_is_slow(
     finally:
         relay.close()
     assert len(client.get_metric_history(run_id, "m")) == 3000
+
+
+_cancelled: list[str] = []
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def queues_then_waits(n: int) -> str:
+    for i in range(n):
+        mlflow.log_metric("queued", float(i), step=i)
+    _cancelled.append(own_run_id())
+    await asyncio.sleep(600)
+    return "never"
+
+
+@mlflow_run
+@env.task
+async def cancels_its_child(n: int) -> str:
+    child = asyncio.ensure_future(queues_then_waits(n))
+    while not _cancelled:
+        await asyncio.sleep(0.01)
+    child.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await child
+    return _cancelled[-1]
+
+
+def test_a_cancelled_queued_logging_task_stores_everything_then_ends_killed(
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial cancelled with 500 metrics still queued (the interval set beyond the test) stores all of
+    them, in one request, before its run is marked KILLED."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    run_id, seen = counted(mlflow_server, config, cancels_its_child, n=500)
+    assert seen == [CREATE, CREATE, LOG_BATCH, UPDATE, UPDATE, SEARCH]
+    assert client.get_run(str(run_id)).info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(str(run_id), "queued")) == list(range(500))
