@@ -7,7 +7,8 @@ such as resolved experiment names, start empty), against the server started here
 * (b) ``parallel_trials``: 32 nested trials under ``asyncio.gather``, tracked vs untracked;
 * (c) ``async_logging``: 2,000 metrics behind 5 ms of latency, synchronous vs ``async_logging``;
 * (d) ``history``: requests and overhead per task with 10 vs 10,000 runs in the experiment;
-* (e) ``sigterm``: the time from SIGTERM to exit of a pod blocked in native code, with and without the plugin.
+* (e) ``sigterm``: the time from SIGTERM to exit of a pod blocked in native code, with and without the plugin;
+* (f) ``epoch_logging``: parallel trials logging every epoch, untracked vs synchronous vs ``async_logging``.
 
 Each scenario can also run alone: ``python -m bench.parallel_trials`` starts its own server.
 """
@@ -28,7 +29,7 @@ if str(ROOT) not in sys.path:  # run as ``python bench/run_all.py``: make ``benc
 
 from bench._support import start_server  # noqa: E402
 
-SCENARIOS = ("requests_per_task", "parallel_trials", "async_logging", "history", "sigterm")
+SCENARIOS = ("requests_per_task", "parallel_trials", "async_logging", "history", "sigterm", "epoch_logging")
 
 
 def main() -> int:

@@ -3,8 +3,9 @@
 The study task samples hyper-parameters for a small decision-tree regressor, starts every trial at
 once with ``asyncio.gather``, and logs the best trial. Each trial is a ``nested`` task: it gets a run
 of its own whose ``mlflow.parentRunId`` is the study's run, and it logs with the ordinary
-``mlflow.log_param`` / ``mlflow.log_metric`` calls. The plugin gives every task its own active-run
-stack, so parallel trials never log into each other's runs, even though they share one thread.
+``mlflow.log_param`` / ``mlflow.log_metric`` calls, queued (``async_logging=True``) so that they do
+not block the event loop the trials share. The plugin gives every task its own active-run stack, so
+parallel trials never log into each other's runs, even though they share one thread.
 
 Run it with ``python examples/hpo.py [TRACKING_URI]``. Without a URI it tracks into the SQLite file
 in ``.demo/`` that ``make demo`` uses.
@@ -36,7 +37,10 @@ EXPERIMENT = "flyte-hpo"
 env = flyte.TaskEnvironment(name="mlflow-hpo")
 
 # One tracker for every trial: a run nested under the caller's. Its link shows the study's run.
-nested = MlflowRun(run_mode=RunMode.NESTED)
+# The trials share one event loop, so their logging is queued (async_logging=True): an mlflow.log_*
+# call returns at once instead of holding up the other trials, and the plugin stores everything a
+# trial queued before it ends the trial's run. A call the server refuses fails the trial at its end.
+nested = MlflowRun(run_mode=RunMode.NESTED, async_logging=True)
 
 
 @dataclass

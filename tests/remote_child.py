@@ -130,6 +130,14 @@ async def blocks_in_gloo(port: int, rank: int) -> str:
     return _announce_then_block_in_gloo(port, rank)  # on the event loop: the main thread itself blocks
 
 
+@mlflow_run(async_logging=True)
+@env.task
+async def queues_then_blocks_in_gloo(port: int, rank: int) -> str:
+    for i in range(500):
+        mlflow.log_metric("queued", float(i), step=i)  # still queued when SIGTERM comes
+    return _announce_then_block_in_gloo(port, rank)
+
+
 @env.task
 async def untracked_blocks_in_gloo(port: int, rank: int) -> str:
     return _announce_then_block_in_gloo(port, rank)  # untracked, in a module that tracks other tasks

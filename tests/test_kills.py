@@ -239,3 +239,27 @@ def test_sigterm_to_a_process_blocked_in_native_code(
         assert run.info.status == "KILLED" and run.info.end_time is not None
     else:
         assert state["run"] == "-"
+
+
+def test_sigterm_stores_the_queued_logging_before_killed(
+    tmp_path: Path, mlflow_server: MlflowServer, client: MlflowClient, context: dict[str, str]
+) -> None:
+    """A task with ``async_logging=True`` that has 500 metrics still queued (the queue's interval is set
+    far beyond the test) when SIGTERM comes: within the budget they are all stored, then the run is KILLED,
+    and the process dies of SIGTERM."""
+    task_name = "queues_then_blocks_in_gloo"
+    inputs = make_inputs(task_name, context, port=free_port(), rank=0)
+    proc = Action(tmp_path, task_name, inputs).start(0, {"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "600"})
+    state = json.loads(wait_blocked(proc, tmp_path))
+    mark = mlflow_server.mark()
+    time.sleep(1.0)
+    assert mlflow_server.requests(mark) == []  # nothing sent while blocked: the metrics are still queued
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=KILL_DEADLINE + 5)
+    assert code == -signal.SIGTERM
+    assert time.monotonic() - sent <= KILL_DEADLINE + 1.0
+    assert mlflow_server.requests(mark) == [LOG_BATCH, GET_RUN, UPDATE]
+    run = client.get_run(state["run"])
+    assert run.info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "queued")) == list(range(500))

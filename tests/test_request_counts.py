@@ -8,9 +8,11 @@ these tests. Also here: ``async_logging=True`` queues the task's logging and los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +22,16 @@ from typing import Any
 import flyte
 import mlflow
 import pytest
+from mlflow.entities import Metric
+from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
+from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._queue import RunQueue
 from tests.conftest import MlflowServer
-from tests.support import BY_NAME, CREATE, GET_RUN, LOG_BATCH, LOG_METRIC, SEARCH, UPDATE
+from tests.support import BY_NAME, CREATE, GET_RUN, LOG_BATCH, LOG_METRIC, SEARCH, UPDATE, Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="request-counts")
 
@@ -299,7 +305,7 @@ def test_async_logging_in_parallel_trials_loses_nothing(
 
 
 EXIT_CALLBACKS = """
-import asyncio, sys
+import asyncio, atexit, sys
 import flyte, mlflow
 from mlflow.utils.async_logging.async_logging_queue import AsyncLoggingQueue
 from flyteplugins.mlflow import mlflow_config, mlflow_run
@@ -327,17 +333,18 @@ flyte.init()
 config = mlflow_config(tracking_uri=sys.argv[1], experiment_id=sys.argv[2], async_logging=True)
 for _ in range(3):
     ids = flyte.with_runcontext(mode="local", custom_context=config).run(study, n=10).outputs()[0]
-    print("trials", len(set(ids)), flush=True)
+    print("trials", len(set(ids)), "callbacks", atexit._ncallbacks(), flush=True)
 """
 
 
-def test_async_logging_drains_register_one_exit_callback(
+def test_async_logging_leaves_no_exit_callbacks_behind(
     mlflow_server: MlflowServer, experiment: tuple[str, str], tmp_path: Path
 ) -> None:
-    """Thirty trials drain MLflow's queue thirty times; at exit its callback still runs only once.
+    """Three studies of ten queued-logging trials leave as many exit callbacks as one: the plugin's
+    queue unregisters its own when the last task ends, and MLflow's queue is never started (so its
+    callback, which MLflow registers each time its queue starts, never runs at exit).
 
-    MLflow's queue registers its exit callback each time it is started, and every drain restarts
-    it. Run in a process of its own, so the exit is real.
+    Run in a process of its own, so the exit is real.
     """
     script = tmp_path / "exit_callbacks.py"
     script.write_text(EXIT_CALLBACKS)
@@ -351,8 +358,9 @@ def test_async_logging_drains_register_one_exit_callback(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines.count("trials 10") == 3
-    assert lines.count("exit callback") == 1
+    studies = [line for line in lines if line.startswith("trials 10 callbacks")]
+    assert len(studies) == 3 and len(set(studies)) == 1, lines
+    assert "exit callback" not in lines
 
 
 def test_async_logging_restores_a_users_own_setting(
@@ -368,3 +376,183 @@ def test_async_logging_restores_a_users_own_setting(
     assert os.environ["MLFLOW_ENABLE_ASYNC_LOGGING"] == "false"
     assert "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS" not in os.environ
     assert len(client.get_metric_history(str(run_id), "loss")) == 5
+
+
+# --- queued logging in parallel trials (issue 11) ----------------------------------------------
+
+EPOCHS = 20
+KEYS = ("loss", "accuracy", "lr")
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def epoch_trial(i: int, epochs: int) -> str:
+    mlflow.log_param("trial", i)
+    for epoch in range(epochs):
+        await asyncio.sleep(0)  # the trials interleave their calls, as trials that train do
+        mlflow.log_metrics({key: i * 1000 + epoch * 10 + k for k, key in enumerate(KEYS)}, step=epoch)
+    return own_run_id()
+
+
+@mlflow_run
+@env.task
+async def epoch_study(trials: int, epochs: int) -> list[str]:
+    return list(await asyncio.gather(*(epoch_trial(i, epochs) for i in range(trials))))
+
+
+@mlflow_run
+@env.task
+async def stamped(points: int) -> str:
+    for i in range(points):
+        mlflow.log_metric(KEYS[i % 3], i / 7, step=i // 3, timestamp=1_700_000_000_000 + i)
+    mlflow.set_tag("phase", "one")
+    mlflow.set_tag("phase", "two")  # the later value wins, as it does logged synchronously
+    return own_run_id()
+
+
+@mlflow_run
+@env.task
+async def refused() -> str:
+    mlflow.log_param("p", 1)
+    mlflow.log_param("p", 2)  # the server refuses to change a param: only known once it is sent
+    return own_run_id()
+
+
+def test_a_queued_logging_trial_sends_one_log_batch(
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sixteen queued-logging trials interleaving 20 epochs of 3 metrics each: per trial one create, one
+    log-batch with all its 61 values, one status; the study adds its own create, status and sweep.
+    (The queue's interval is set beyond the study's length, so only the trials' ends send.)"""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    ids, seen = counted(mlflow_server, config, epoch_study, trials=16, epochs=EPOCHS)
+    assert Counter(seen) == Counter({CREATE: 17, LOG_BATCH: 16, UPDATE: 17, SEARCH: 1})
+    assert seen[-2:] == [UPDATE, SEARCH]
+    assert isinstance(ids, list) and len(set(ids)) == 16
+    for i, run_id in enumerate(ids):
+        run = client.get_run(run_id)
+        assert run.data.params == {"trial": str(i)} and run.info.status == "FINISHED"
+        for k, key in enumerate(KEYS):
+            history = client.get_metric_history(run_id, key)
+            assert sorted((m.step, m.value) for m in history) == [
+                (e, i * 1000 + e * 10 + k) for e in range(EPOCHS)
+            ]
+
+
+def test_a_queued_request_carries_at_most_a_thousand_values(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,500 queued metrics of one run go out in three log-batch requests (MLflow's per-request limit),
+    however long the queue's interval."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    _, seen = counted(mlflow_server, config, log_metrics, n=2500)
+    assert seen == [CREATE, LOG_BATCH, LOG_BATCH, LOG_BATCH, UPDATE, SEARCH]
+
+
+def test_queued_logging_stores_what_synchronous_logging_stores(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """The same calls, queued or not, give the same metric history (keys, values, steps, timestamps)
+    and the same final tag value."""
+    runs = {}
+    for queued in (False, True):
+        config = mlflow_config(
+            tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=queued
+        )
+        runs[queued] = str(run_local(config, stamped, points=300))
+
+    def history(run_id: str) -> dict[str, list[tuple[str, float, int, int]]]:
+        return {
+            key: sorted((m.key, m.value, m.step, m.timestamp) for m in client.get_metric_history(run_id, key))
+            for key in KEYS
+        }
+
+    assert history(runs[True]) == history(runs[False])
+    assert all(len(points) == 100 for points in history(runs[True]).values())
+    assert {client.get_run(r).data.tags["phase"] for r in runs.values()} == {"two"}
+
+
+def test_a_refused_queued_call_fails_the_task_at_its_end(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A queued call that the server refuses does not raise where it was made; the task fails at its
+    end with the server's answer, and its run is FAILED."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    mark = mlflow_server.mark()
+    with pytest.raises(Exception, match="queued MLflow logging call"):
+        run_local(config, refused)
+    assert mlflow_server.requests(mark)[:2] == [CREATE, LOG_BATCH]
+    (run,) = client.search_runs([experiment[1]], filter_string="params.p = '1'")
+    assert run.info.status == "FAILED"
+
+
+def test_the_queue_holds_at_most_its_limit_when_the_server_is_slow(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Behind a server 50 ms away, 3,000 metrics through a queue limited to 500 values: it never holds
+    more than 500, the logging calls wait for room instead, and every metric is stored."""
+
+    def slow(method: str, path: str) -> bool:
+        time.sleep(0.05)
+        return True
+
+    relay = Relay(mlflow_server.uri, before=slow)
+    try:
+        store = RestStore(lambda: MlflowHostCreds(relay.uri))
+        queue = RunQueue(store.log_batch, limit=500)
+        run_id = client.create_run(experiment[1]).info.run_id
+        for i in range(3000):
+            queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 0, i)])
+        assert queue.waits > 0
+        assert queue.drain(run_id) == []
+        assert queue.high_water <= 500
+        queue.close()
+    finally:
+        relay.close()
+    assert len(client.get_metric_history(run_id, "m")) == 3000
+
+
+_cancelled: list[str] = []
+
+
+@mlflow_run(run_mode="nested")
+@env.task
+async def queues_then_waits(n: int) -> str:
+    for i in range(n):
+        mlflow.log_metric("queued", float(i), step=i)
+    _cancelled.append(own_run_id())
+    await asyncio.sleep(600)
+    return "never"
+
+
+@mlflow_run
+@env.task
+async def cancels_its_child(n: int) -> str:
+    child = asyncio.ensure_future(queues_then_waits(n))
+    while not _cancelled:
+        await asyncio.sleep(0.01)
+    child.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await child
+    return _cancelled[-1]
+
+
+def test_a_cancelled_queued_logging_task_stores_everything_then_ends_killed(
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial cancelled with 500 metrics still queued (the interval set beyond the test) stores all of
+    them, in one request, before its run is marked KILLED."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    run_id, seen = counted(mlflow_server, config, cancels_its_child, n=500)
+    assert seen == [CREATE, CREATE, LOG_BATCH, UPDATE, UPDATE, SEARCH]
+    assert client.get_run(str(run_id)).info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(str(run_id), "queued")) == list(range(500))

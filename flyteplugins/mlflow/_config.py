@@ -605,8 +605,9 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
             take them as keywords of their own.
         on_tracking_error: What a task does when the tracking server fails it: ``"raise"`` or
             ``"warn"`` (an ``OnTrackingError`` or its string).
-        async_logging: Queue the task's ``mlflow.log_*`` calls with MLflow's asynchronous logging;
-            everything queued is stored before the run's final status is set.
+        async_logging: Queue the task's ``mlflow.log_*`` calls (MLflow's asynchronous logging, through
+            the plugin's per-run queue); everything queued is stored before the run's final status is
+            set, and a call the server refused fails the task at its end.
         on_retry: What a retried attempt, or a restart of elastic workers, does with the runs its
             earlier attempts left: ``"new"`` or ``"resume"`` (an ``OnRetry`` or its string).
         request_timeout: Seconds (more than 0) for each attempt of the plugin's own requests to an

@@ -477,11 +477,15 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
         if opened.monitor is not None:
             with contextlib.suppress(Exception):
                 opened.monitor.finish()
+        failed: list[str] = []
         if opened.plan.async_logging or _mlflow_state.async_logging_on():
             try:  # what the task queued lands before the status is set
-                _mlflow_state.drain_async_logging(opened.plan.tracking_uri)
+                ids = {r.info.run_id for r in runs} | {opened.run.info.run_id}
+                failed = _mlflow_state.drain_async_logging(opened.plan.tracking_uri, ids)
             except Exception as e:
                 logger.warning("MLflow's queued (async) logging could not be drained: %s", e)
+        if failed and status == RunStatus.to_string(RunStatus.FINISHED):
+            status = RunStatus.to_string(RunStatus.FAILED)  # as if the failing log call had raised
         if owned or len(runs) > 1:
             server = server_for(opened.plan.tracking_uri, opened.plan.policy)
             policy = opened.plan.policy.for_finalize()
@@ -494,6 +498,11 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
                 # After the root's own status: a server that could not take that one is not swept.
                 info = opened.run.info
                 _sweep.sweep(server, info.experiment_id, opened.plan.sweep_root, info.run_id, _now_ms())
+        if failed:
+            msg = (
+                f"{len(failed)} queued MLflow logging call(s) failed (async_logging): {'; '.join(failed[:3])}"
+            )
+            raise TrackingRequestError(msg)
     finally:
         _mlflow_state.release(opened.plan.autolog, opened.plan.async_logging)
 

@@ -8,6 +8,12 @@ process starts, counts the tracked tasks that are open, and restores what it fou
 drops back to zero. Autologging is switched on per integration by the first task that asks for it
 and switched off when the last task that asked for it ends.
 
+MLflow also looks for an active Spark session on every fluent ``log_*`` call (twice: each
+``MlflowClient()`` it makes resolves the model registry's URI), by importing ``pyspark``. Where
+pyspark is not installed, that failing import searches ``sys.path`` each time and is most of what a
+queued call costs. While tracked tasks run in such a process, ``sys.modules["pyspark"]`` is ``None``,
+so the import fails at once, with the same ``ImportError``; the last task out removes it again.
+
 Concurrent tracked tasks in one process share these settings, so they must agree on the tracking
 URI: a task that asks for another URI while others are running is refused with a clear error.
 The active experiment is the one of the most recent task to start; it only matters for runs that
@@ -15,9 +21,11 @@ user code starts itself without naming an experiment.
 
 Asynchronous logging (``async_logging=True``) is process-wide too: MLflow reads the
 ``MLFLOW_ENABLE_ASYNC_LOGGING`` environment variable on every fluent ``log_*`` call. The first task
-that asks for it switches it on, the last one restores the variable as it found it. Tasks running
-alongside in the same process queue their calls too meanwhile, so whenever it is on, every tracked
-call drains the queue (:func:`drain_async_logging`) before it sets a run's final status.
+that asks for it switches it on and puts the plugin's per-run queue
+(:class:`~flyteplugins.mlflow._queue.RunQueue`) in place of MLflow's on the tracking store; the last
+one sends what is still queued, puts MLflow's queue back and restores the variable as it found it.
+Tasks running alongside in the same process queue their calls too meanwhile, so whenever it is on,
+every tracked call drains its runs (:func:`drain_async_logging`) before it sets a run's final status.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import importlib.util
 import os
+import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -35,6 +45,7 @@ import attrs
 import mlflow
 from flyteplugins.mlflow._config import thaw
 from flyteplugins.mlflow._errors import MlflowTrackingError
+from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import describe
 from mlflow.config import enable_async_logging
 from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
@@ -49,16 +60,13 @@ __all__ = [
     "drain_async_logging",
     "hold",
     "open_tasks",
+    "queue",
     "release",
     "use_experiment",
 ]
 
 _URI_ENV: Final = "MLFLOW_TRACKING_URI"
 _ASYNC_ENV: Final = "MLFLOW_ENABLE_ASYNC_LOGGING"
-# MLflow's logging thread waits this long to merge queued calls into one request. Unset, it polls the
-# queue with a 1 s timeout that every drain has to sit out, and sends each call as its own request.
-_BUFFER_ENV: Final = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
-_BUFFER_SECONDS: Final = "1"
 
 
 @attrs.frozen
@@ -101,6 +109,18 @@ class _Saved:
     uri: str | None
     uri_env: str | None
     experiment_id: str | None
+    marked_absent: bool  # sys.modules[_SPARK] was set to None by the first task
+
+
+_SPARK: Final = "pyspark"
+
+
+def _mark_absent(module: str) -> bool:
+    """Make imports of ``module`` fail at once if it is not installed; return whether it was marked."""
+    if module in sys.modules or importlib.util.find_spec(module) is not None:
+        return False
+    sys.modules[module] = None  # type: ignore[assignment]
+    return True
 
 
 _lock = threading.Lock()
@@ -109,12 +129,13 @@ _saved: _Saved | None = None
 _uri: str | None = None  # the tracking URI the open tasks share
 _autolog_users: dict[str, int] = {}
 _async_users = 0
-_async_saved: tuple[str | None, str | None] = (None, None)  # the two variables before the first user
+_async_saved: str | None = None  # MLFLOW_ENABLE_ASYNC_LOGGING before the first user
+_queued: tuple[Any, Any, RunQueue] | None = None  # (store, MLflow's queue, ours) while installed
 
 
 def hold(uri: str, autolog: Autolog | None, async_logging: bool = False) -> None:
     """Take the global state for one tracked task (see :func:`applied`)."""
-    global _open, _saved, _uri, _async_users, _async_saved
+    global _open, _saved, _uri, _async_users, _async_saved, _queued
     with _lock:
         if _open and uri != _uri:
             msg = (
@@ -129,13 +150,16 @@ def hold(uri: str, autolog: Autolog | None, async_logging: bool = False) -> None
             _autolog_users[autolog.key] = _autolog_users.get(autolog.key, 0) + 1
         if async_logging:
             if not _async_users:
-                _async_saved = (os.environ.get(_ASYNC_ENV), os.environ.get(_BUFFER_ENV))
+                _async_saved = os.environ.get(_ASYNC_ENV)
+                _queued = _install_queue(uri)
                 enable_async_logging(True)
-                os.environ.setdefault(_BUFFER_ENV, _BUFFER_SECONDS)
             _async_users += 1
         if not _open:
             _saved = _Saved(
-                tracking_utils._tracking_uri, os.environ.get(_URI_ENV), fluent._active_experiment_id
+                tracking_utils._tracking_uri,
+                os.environ.get(_URI_ENV),
+                fluent._active_experiment_id,
+                _mark_absent(_SPARK),
             )
             _uri = uri
             if mlflow.get_tracking_uri() != uri or tracking_utils._tracking_uri is None:
@@ -152,7 +176,7 @@ def use_experiment(experiment_id: str) -> None:
 
 def release(autolog: Autolog | None, async_logging: bool = False) -> None:
     """Give back what :func:`hold` took; the last task out restores what was there before."""
-    global _open, _saved, _uri, _async_users
+    global _open, _saved, _uri, _async_users, _queued
     with _lock:
         _open -= 1
         if autolog is not None:
@@ -163,14 +187,20 @@ def release(autolog: Autolog | None, async_logging: bool = False) -> None:
         if async_logging:
             _async_users -= 1
             if not _async_users:
-                for name, value in zip((_ASYNC_ENV, _BUFFER_ENV), _async_saved, strict=True):
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
+                if _async_saved is None:
+                    os.environ.pop(_ASYNC_ENV, None)
+                else:
+                    os.environ[_ASYNC_ENV] = _async_saved
+                if _queued is not None:
+                    store, theirs, ours = _queued
+                    _queued = None
+                    ours.close()  # sends what is left (runs not ended by a tracked call)
+                    store._async_logging_queue = theirs
         if _open or _saved is None:
             return
         saved, _saved, _uri = _saved, None, None
+        if saved.marked_absent and sys.modules.get(_SPARK, _SPARK) is None:
+            del sys.modules[_SPARK]
         if tracking_utils._tracking_uri != saved.uri:
             mlflow.set_tracking_uri(saved.uri)
         if saved.uri_env is None:
@@ -199,8 +229,45 @@ def async_logging_on() -> bool:
     return bool(MLFLOW_ENABLE_ASYNC_LOGGING.get())
 
 
-def drain_async_logging(uri: str) -> None:
-    """Send everything MLflow's asynchronous logging has queued for ``uri``, and wait until it is stored.
+def _install_queue(uri: str) -> tuple[Any, Any, RunQueue] | None:
+    """Put a :class:`RunQueue` in place of MLflow's queue on ``uri``'s store, after draining MLflow's.
+
+    Returns ``None`` (MLflow's queue stays) if the store no longer keeps its queue where expected.
+    """
+    store = tracking_utils._get_store(uri)
+    theirs = getattr(store, "_async_logging_queue", None)
+    if theirs is None or not callable(getattr(store, "log_batch", None)):
+        return None
+    _drain_mlflow_queue(store)
+    ours = RunQueue(store.log_batch)
+    store._async_logging_queue = ours
+    return store, theirs, ours
+
+
+def queue() -> RunQueue | None:
+    """The plugin's queue while tracked tasks hold asynchronous logging, else ``None``."""
+    installed = _queued
+    return installed[2] if installed is not None else None
+
+
+def drain_async_logging(uri: str, run_ids: Iterable[str]) -> list[str]:
+    """Send what is queued for ``run_ids`` and wait until it is stored; report what failed.
+
+    With the plugin's queue installed only these runs are drained, and other tasks keep queueing.
+    Otherwise (asynchronous logging switched on by the user) MLflow's queue for ``uri`` is drained.
+
+    Returns:
+        One line per queued call that failed (run id and error); MLflow's own queue reports none.
+    """
+    ours = queue()
+    if ours is not None:
+        return [f"run {run_id}: {error}" for run_id, error in ours.drain_all(run_ids)]
+    _drain_mlflow_queue(tracking_utils._get_store(uri))
+    return []
+
+
+def _drain_mlflow_queue(store: Any) -> None:
+    """Send everything MLflow's own ``AsyncLoggingQueue`` on ``store`` holds, and wait until it is stored.
 
     MLflow keeps one queue per tracking store and process, with a thread that hands queued calls to a
     pool of senders. Its own ``flush_async_logging`` is not safe while other tasks keep logging: a
@@ -217,9 +284,8 @@ def drain_async_logging(uri: str) -> None:
     Returns at once when the queue is not running. Falls back to MLflow's ``flush_async_logging``
     if the queue no longer has the parts this relies on.
     """
-    store = tracking_utils._get_store(uri)
     queue = getattr(store, "_async_logging_queue", None)
-    if queue is None or not queue.is_active():
+    if queue is None or isinstance(queue, RunQueue) or not queue.is_active():
         return
     lock = getattr(queue, "_lock", None)
     if lock is None or not hasattr(queue, "_batch_logging_worker_threadpool"):

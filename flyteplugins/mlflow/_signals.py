@@ -20,11 +20,12 @@ main thread is doing. The watcher reads the pipe and, on SIGTERM,
 
 1. takes every registered run out of the registry (each run is claimed exactly once: by the watcher,
    by the Python handler, or by the normal finalization, never twice);
-2. marks them ``KILLED`` (unless one has ended already: a failed rank of the same job marks rank
-   0's run ``FAILED`` before the launcher stops rank 0), all at once, in short-lived daemon threads,
-   with a short request timeout,
-   one retry and an overall deadline of :data:`KILL_DEADLINE` seconds, so a dead tracking server
-   cannot hold the process hostage during its grace period;
+2. sends what the plugin's queue still holds for them (``async_logging=True``), for at most
+   :data:`DRAIN_BUDGET` seconds, then marks them ``KILLED`` (unless one has ended already: a failed
+   rank of the same job marks rank 0's run ``FAILED`` before the launcher stops rank 0), all at
+   once, in short-lived daemon threads, with a short request timeout, one retry and an overall
+   deadline of :data:`KILL_DEADLINE` seconds, so a dead tracking server cannot hold the process
+   hostage during its grace period;
 3. ends the process the way SIGTERM would have without the plugin: the default disposition is put
    back and the signal raised again, so the process dies of SIGTERM. If a Python handler was
    installed before the plugin's, the watcher leaves the process alone and the Python handler chains
@@ -64,11 +65,12 @@ from typing import Final
 
 import attrs
 
+from flyteplugins.mlflow import _mlflow_state
 from flyteplugins.mlflow._context import env_rank
 from flyteplugins.mlflow._server import RequestPolicy, Server
 from mlflow.entities import RunStatus
 
-__all__ = ["KILL_DEADLINE", "KILL_POLICY", "install", "installed", "register", "unregister"]
+__all__ = ["DRAIN_BUDGET", "KILL_DEADLINE", "KILL_POLICY", "install", "installed", "register", "unregister"]
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
@@ -77,6 +79,9 @@ KILL_POLICY: Final = RequestPolicy(timeout=2.0, retries=1, backoff=0.25)
 
 KILL_DEADLINE: Final = 5.0
 """The longest the handler waits for the ``KILLED`` requests before letting the process end."""
+
+DRAIN_BUDGET: Final = KILL_DEADLINE / 2
+"""Of that, the longest it waits for a run's queued logging (``async_logging=True``) to be stored first."""
 
 
 @attrs.frozen
@@ -216,7 +221,22 @@ def _take_all() -> list[_Owned]:
     return taken
 
 
+def _drain_queued(run_id: str) -> None:
+    """Send what the plugin's queue holds for ``run_id`` (``async_logging=True``), within DRAIN_BUDGET."""
+    queued = _mlflow_state.queue()
+    if queued is None:
+        return
+    sender = threading.Thread(
+        target=queued.drain, args=(run_id,), name="flyteplugins-mlflow-kill", daemon=True
+    )
+    sender.start()
+    sender.join(DRAIN_BUDGET)
+    if sender.is_alive():
+        logger.warning("SIGTERM: MLflow run %s: queued logging not stored within %ss", run_id, DRAIN_BUDGET)
+
+
 def _mark_killed(owned: _Owned) -> None:
+    _drain_queued(owned.run_id)
     try:
         status = owned.server.get_run(owned.run_id, KILL_POLICY).info.status
         if status != RunStatus.to_string(RunStatus.RUNNING):
