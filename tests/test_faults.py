@@ -29,6 +29,7 @@ from flyteplugins.mlflow import (
     MlflowTrackingError,
     TrackingRequestError,
     TrackingServerUnreachable,
+    _server,
     get_mlflow_run,
     mlflow_config,
     mlflow_run,
@@ -241,6 +242,21 @@ def test_run_creation_is_not_repeated_once_it_may_have_landed() -> None:
     assert "did not find the experiment: ConnectionAborted after 3 attempts" in lookup
 
 
+@pytest.fixture
+def free_slots() -> None:
+    """Wait (up to 2 minutes) until no request of an earlier test holds one of the process's 8 slots.
+
+    The tests that use it give a silent server budgets of about a second, and count on getting a slot
+    at once; a request of an earlier test still waiting out a 30 s answer timeout would take one.
+    """
+    taken = [_server._SLOTS.acquire(timeout=120) for _ in range(MAX_CONCURRENT_REQUESTS)]
+    for got in taken:
+        if got:
+            _server._SLOTS.release()
+    assert all(taken), "requests of earlier tests held the request slots for 2 minutes"
+
+
+@pytest.mark.usefixtures("free_slots")
 def test_request_timeout_and_retries_are_configurable() -> None:
     """A silent server gets request_retries + 1 lookups, and a run creation that may have landed gets one."""
     listener = Listener(hang_up=False)
@@ -277,6 +293,7 @@ def test_a_calls_budget_is_its_worst_case() -> None:
     )
 
 
+@pytest.mark.usefixtures("free_slots")
 def test_trials_queued_behind_a_silent_server_give_up_without_trying() -> None:
     """80 parallel trials against a server that never answers: those still waiting for one of the 8
     request slots when the server has been silent for a whole call's budget fail without sending.
