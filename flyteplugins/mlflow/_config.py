@@ -577,7 +577,7 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
         experiment_name: The experiment for new runs, created if it does not exist. Not together
             with ``experiment_id``.
         experiment_id: The experiment for new runs. Not together with ``experiment_name``.
-        run_name: The name of the run the task creates (unset: MLflow picks one). Not together with
+        run_name: The name of the run the task creates (unset: the task's function name). Not together with
             ``run_id``.
         run_id: Reopen this run instead of creating one; it gets the task's final status. Not
             together with ``run_name``.
