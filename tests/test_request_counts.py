@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import flyte
 import mlflow
@@ -400,11 +401,17 @@ async def epoch_study(trials: int, epochs: int) -> list[str]:
     return list(await asyncio.gather(*(epoch_trial(i, epochs) for i in range(trials))))
 
 
+EDGE_VALUES: Final = (float("nan"), float("inf"), float("-inf"), -0.0, 1e-300, -1.5e300, 2.0**53 + 1)
+
+
 @mlflow_run
 @env.task
 async def stamped(points: int) -> str:
     for i in range(points):
         mlflow.log_metric(KEYS[i % 3], i / 7, step=i // 3, timestamp=1_700_000_000_000 + i)
+    for step, value in enumerate(EDGE_VALUES):  # what JSON cannot carry as a number, and the extremes
+        mlflow.log_metric("edge", value, step=step * 2**40, timestamp=1_700_000_000_000 - step)
+    mlflow.log_param("name", "trial é ✓")
     mlflow.set_tag("phase", "one")
     mlflow.set_tag("phase", "two")  # the later value wins, as it does logged synchronously
     return own_run_id()
@@ -457,8 +464,8 @@ def test_a_queued_request_carries_at_most_a_thousand_values(
 def test_queued_logging_stores_what_synchronous_logging_stores(
     mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
-    """The same calls, queued or not, give the same metric history (keys, values, steps, timestamps)
-    and the same final tag value."""
+    """The same calls, queued or not, give the same metric history (keys, values, steps, timestamps),
+    non-finite and extreme values and huge steps included, the same params and the same final tag value."""
     runs = {}
     for queued in (False, True):
         config = mlflow_config(
@@ -466,15 +473,20 @@ def test_queued_logging_stores_what_synchronous_logging_stores(
         )
         runs[queued] = str(run_local(config, stamped, points=300))
 
-    def history(run_id: str) -> dict[str, list[tuple[str, float, int, int]]]:
-        return {
-            key: sorted((m.key, m.value, m.step, m.timestamp) for m in client.get_metric_history(run_id, key))
-            for key in KEYS
+    def history(run_id: str) -> dict[str, list[tuple[str, str, int, int]]]:
+        return {  # repr: NaN equals NaN, and -0.0 is told from 0.0
+            key: sorted(
+                (m.key, repr(m.value), m.step, m.timestamp) for m in client.get_metric_history(run_id, key)
+            )
+            for key in (*KEYS, "edge")
         }
 
     assert history(runs[True]) == history(runs[False])
-    assert all(len(points) == 100 for points in history(runs[True]).values())
+    assert all(len(history(runs[True])[key]) == 100 for key in KEYS)
+    edge = [float(v) for _, v, _, _ in sorted(history(runs[True])["edge"], key=lambda p: p[2])]
+    assert len(edge) == len(EDGE_VALUES) and math.isnan(edge[0])  # (the server stores ±inf as ±max float)
     assert {client.get_run(r).data.tags["phase"] for r in runs.values()} == {"two"}
+    assert {client.get_run(r).data.params["name"] for r in runs.values()} == {"trial é ✓"}
 
 
 def test_a_refused_queued_call_fails_the_task_at_its_end(

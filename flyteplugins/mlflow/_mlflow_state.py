@@ -46,7 +46,7 @@ import mlflow
 from flyteplugins.mlflow._config import thaw
 from flyteplugins.mlflow._errors import MlflowTrackingError
 from flyteplugins.mlflow._queue import RunQueue
-from flyteplugins.mlflow._server import describe
+from flyteplugins.mlflow._server import RestServer, describe, server_for
 from mlflow.config import enable_async_logging
 from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
 from mlflow.tracking import fluent
@@ -239,7 +239,8 @@ def _install_queue(uri: str) -> tuple[Any, Any, RunQueue] | None:
     if theirs is None or not callable(getattr(store, "log_batch", None)):
         return None
     _drain_mlflow_queue(store)
-    ours = RunQueue(store.log_batch)
+    server = server_for(uri)  # http(s): the plugin's own request path, bounded like its other requests
+    ours = RunQueue(server.log_batch if isinstance(server, RestServer) else store.log_batch)
     store._async_logging_queue = ours
     return store, theirs, ours
 
