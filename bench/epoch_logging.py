@@ -1,11 +1,17 @@
 """Scenario (f): per-epoch logging in parallel trials, untracked vs synchronous vs ``async_logging=True``.
 
-The study of issue 11: nested trials under ``asyncio.gather``, each running ``EPOCHS`` epochs of
-``await asyncio.sleep(0.05)`` (training that yields the event loop) and one ``mlflow.log_metrics``
-call of 3 metrics per epoch. Three shapes: 16 trials x 20 epochs (the documented search), 32 trials x
-20 epochs, and 16 trials x 100 epochs. For each shape the untracked study (the same trials, no MLflow
-calls), the plugin with synchronous logging and the plugin with ``async_logging=True`` run in turn,
-once to warm up (through the counting proxy) and then ``REPEAT`` times; the medians are printed side by side.
+The study of issue 11 (see :mod:`bench.epoch_study`): nested trials under ``asyncio.gather``, each
+running epochs of ``await asyncio.sleep(0.05)`` and one ``mlflow.log_metrics`` call of 3 metrics per
+epoch. Three shapes: 16 trials x 20 epochs (the documented search), 32 trials x 20 epochs, and 16
+trials x 100 epochs. For each shape these run in turn, once to warm up (through the counting proxy)
+and then several times, and the medians are printed side by side:
+
+* the untracked study (the same trials, no MLflow calls);
+* the floor: the same trials tracked by hand with the fewest requests from a bare HTTP client, which
+  is what the server costs whoever tracks;
+* the plugin with synchronous logging and with ``async_logging=True``;
+* for 16 x 20 only, main's code from before issue 11, synchronous and queued, in a process of its
+  own (target 2: synchronous logging no slower than then).
 
 After every tracked repetition each trial's metric history is read back and checked: every point
 is there (3 keys x epochs), with the values that trial logged (a value encodes its trial and epoch,
@@ -19,75 +25,36 @@ Run: ``python -m bench.epoch_logging`` (or ``make bench`` for every scenario).
 
 from __future__ import annotations
 
-import asyncio
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 import attrs
 import flyte
-import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from bench._support import Proxy, scenario_server, unique
-from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
+from bench.epoch_study import EPOCH, KEYS, floor_study, local, plain_study, study, value
+from flyteplugins.mlflow import mlflow_config
 from flyteplugins.mlflow._queue import LIMIT, RunQueue
 
-env = flyte.TaskEnvironment(name="bench-epoch-logging")
-
 SHAPES: Final = ((16, 20, 5), (32, 20, 5), (16, 100, 3))  # trials, epochs, repetitions
-KEYS: Final = ("loss", "accuracy", "lr")
-EPOCH = 0.05
 TARGET = 1.3
-
-
-def value(trial: int, epoch: int, k: int) -> float:
-    """The value trial ``trial`` logs for its ``k``-th key at ``epoch``: unique across the study."""
-    return trial * 1_000_000 + epoch * 10 + k
-
-
-async def train(i: int, epochs: int, log: bool) -> None:
-    """The trial body: ``epochs`` epochs of sleep, and one ``log_metrics`` call per epoch if ``log``."""
-    for epoch in range(epochs):
-        await asyncio.sleep(EPOCH)
-        if log:
-            mlflow.log_metrics({key: value(i, epoch, k) for k, key in enumerate(KEYS)}, step=epoch)
-
-
-@env.task
-async def plain_trial(i: int, epochs: int) -> str:
-    await train(i, epochs, log=False)
-    return ""
-
-
-@env.task
-async def plain_study(n: int, epochs: int) -> list[str]:
-    return list(await asyncio.gather(*(plain_trial(i, epochs) for i in range(n))))
-
-
-@mlflow_run(run_mode="nested")
-@env.task
-async def trial(i: int, epochs: int) -> str:
-    mlflow.set_tag("bench.trial", str(i))
-    await train(i, epochs, log=True)
-    run = get_mlflow_run()
-    assert run is not None
-    return str(run.info.run_id)
-
-
-@mlflow_run
-@env.task
-async def study(n: int, epochs: int) -> list[str]:
-    run = get_mlflow_run()
-    assert run is not None
-    ids = await asyncio.gather(*(trial(i, epochs) for i in range(n)))
-    return [str(run.info.run_id), *ids]
+ROOT: Final = Path(__file__).resolve().parent.parent
+BASELINE: Final = "896205d"
+"""Main before issue 11: the last commit before the plugin's queue, when the issue's figures were taken."""
 
 
 @attrs.frozen
@@ -168,20 +135,8 @@ def measure(
     )
 
 
-def local(config: MlflowConfig, task: object, **inputs: object) -> Callable[[], list[str]]:
-    """A callable that runs a study task once in Flyte's local mode and returns its run ids."""
-
-    def go() -> list[str]:
-        result: list[str] = (
-            flyte.with_runcontext(mode="local", custom_context=config).run(task, **inputs).outputs()[0]
-        )
-        return result
-
-    return go
-
-
 def main() -> None:
-    """Print every shape's three variants side by side, the checks, and the target's verdict."""
+    """Print every shape's variants side by side, the checks, and the target's verdict."""
     flyte.init()
     with scenario_server("per-epoch logging in parallel trials") as server, Proxy(server.uri) as proxy:
         client = MlflowClient(server.uri)
@@ -190,27 +145,112 @@ def main() -> None:
         header()
         for shape in SHAPES:
             n, epochs, _ = shape
-            variants = (
-                ("untracked", None, plain_study, None),
-                ("plugin, synchronous", False, study, client),
-                ("plugin, async_logging=True", True, study, client),
-            )
-            rows = []
-            for label, queue, task, reader in variants:
+            untracked = mlflow_config()
+            rows = [
+                measure(
+                    "untracked",
+                    local(untracked, plain_study, n=n, epochs=epochs),
+                    local(untracked, plain_study, n=n, epochs=epochs),
+                    proxy,
+                    None,
+                    shape,
+                ),
+                measure(
+                    "floor: fewest requests, bare client",
+                    local(
+                        untracked,
+                        floor_study,
+                        n=n,
+                        epochs=epochs,
+                        uri=server.uri,
+                        experiment_id=experiment_id,
+                    ),
+                    local(
+                        untracked, floor_study, n=n, epochs=epochs, uri=proxy.uri, experiment_id=experiment_id
+                    ),
+                    proxy,
+                    client,
+                    shape,
+                ),
+            ]
+            for label, queued in (("plugin, synchronous", False), ("plugin, async_logging=True", True)):
                 direct, counting = (
-                    (mlflow_config(), mlflow_config())
-                    if queue is None
-                    else tuple(
-                        mlflow_config(tracking_uri=uri, experiment_id=experiment_id, async_logging=queue)
-                        for uri in (server.uri, proxy.uri)
-                    )
+                    mlflow_config(tracking_uri=uri, experiment_id=experiment_id, async_logging=queued)
+                    for uri in (server.uri, proxy.uri)
                 )
-                timed = local(direct, task, n=n, epochs=epochs)
-                counted = local(counting, task, n=n, epochs=epochs)
-                rows.append(measure(label, timed, counted, proxy, reader, shape))
+                timed = local(direct, study, n=n, epochs=epochs)
+                counted = local(counting, study, n=n, epochs=epochs)
+                rows.append(measure(label, timed, counted, proxy, client, shape))
+            if shape == SHAPES[0]:
+                rows += baseline(server.uri, experiment_id, client, shape)
             verdicts.append(report(n, epochs, rows))
     print(f"target in every shape: {'holds' if all(verdicts) else 'MISSED'}")
     memory()
+
+
+def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[int, int, int]) -> list[Row]:
+    """The same study with main's code from before issue 11 (:data:`BASELINE`), synchronous and queued.
+
+    The package as it was is unpacked from git into a temporary directory, and ``bench.epoch_study``
+    runs in a process of its own with that directory first on ``sys.path``. Without git history (a
+    source archive) there is nothing to compare with, and the rows are left out.
+    """
+    n, epochs, repeat = shape
+    with tempfile.TemporaryDirectory(prefix="flyteplugins-mlflow-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE, "flyteplugins"],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode:
+            print(f"  (main before issue 11, {BASELINE}, not compared: {archive.stderr.decode().strip()})")
+            return []
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        rows = []
+        for label, queued in (("main before issue 11, sync", False), ("main before issue 11, async", True)):
+            args = [
+                "--tracking-uri", uri, "--experiment-id", experiment_id,
+                "--trials", str(n), "--epochs", str(epochs), "--repeat", str(repeat),
+            ]  # fmt: skip
+            if queued:
+                args.append("--async-logging")
+            code = (
+                "import runpy, sys; "
+                f"sys.path[:0] = [{tmp!r}, {str(ROOT)!r}]; sys.argv = ['epoch_study', *{args!r}]; "
+                "import flyteplugins.mlflow as p; "
+                f"assert p.__file__.startswith({tmp!r}), p.__file__; "
+                "runpy.run_module('bench.epoch_study', run_name='__main__')"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PYTHONPATH": ""},
+            )
+            if done.returncode:
+                print(f"  ({label}: failed: {done.stderr.strip()[-500:]})")
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            walls: list[float] = result["walls"]
+            points = misrouted = unfinished = 0
+            for ids in result["ids"]:
+                found, wrong, open_ = check(client, ids, epochs)
+                points, misrouted, unfinished = points + found, misrouted + wrong, unfinished + open_
+            rows.append(
+                Row(
+                    label,
+                    statistics.median(walls),
+                    (min(walls), max(walls)),
+                    Counter(),
+                    points,
+                    repeat * n * epochs * len(KEYS),
+                    misrouted,
+                    unfinished,
+                )
+            )
+        return rows
 
 
 def memory() -> None:
@@ -254,32 +294,52 @@ def header() -> None:
         "    medians of 5 runs (3 at 100 epochs) straight to the server, after a warm-up through a "
         "proxy that counts the requests; 'x': wall time against the untracked study"
     )
+    print(
+        "    floor: the same trials tracked by hand with the fewest requests (create and status per run, "
+        "one log-batch per trial at its end, one search) from http.client: the server's share"
+    )
+
+
+def find(rows: list[Row], label: str) -> Row | None:
+    """The row called ``label``, if it was measured."""
+    return next((r for r in rows if r.label == label), None)
 
 
 def report(n: int, epochs: int, rows: list[Row]) -> bool:
-    """Print one shape's figures and verdict; return whether the target holds."""
+    """Print one shape's figures and verdicts; return whether the target holds."""
     base = rows[0].wall
+    width = max(len(r.label) for r in rows)
     print(f"{n} trials x {epochs} epochs")
     print(
-        f"  {'variant':<28} {'wall':>6} {'x':>6} {'range':>13} {'points stored':>17} {'misrouted':>9}  "
+        f"  {'variant':<{width}} {'wall':>6} {'x':>6} {'range':>13} {'points stored':>17} {'misrouted':>9}  "
         "requests per study"
     )
     for r in rows:
         stored = f"{r.points}/{r.expected}" if r.expected else "-"
         wrong = str(r.misrouted) if r.expected else "-"
-        asked = ", ".join(f"{v} {k}" for k, v in sorted(r.requests.items())) or "none"
+        asked = ", ".join(f"{v} {k}" for k, v in sorted(r.requests.items())) or (
+            "none" if r.label == "untracked" else "not counted"
+        )
         print(
-            f"  {r.label:<28} {r.wall:>5.2f}s {r.wall / base:>5.2f}x "
+            f"  {r.label:<{width}} {r.wall:>5.2f}s {r.wall / base:>5.2f}x "
             f"{r.spread[0]:>5.2f}-{r.spread[1]:.2f}s {stored:>17} {wrong:>9}  {asked}"
         )
-    queued = rows[2]
+    floor, sync, queued = rows[1], rows[2], rows[3]
     ok = queued.wall / base <= TARGET and queued.points == queued.expected and not queued.misrouted
     ok = ok and not queued.unfinished
     print(
         f"  target: async_logging=True <= {TARGET}x untracked, every point stored, none misrouted: "
-        f"{'holds' if ok else 'MISSED'} ({queued.wall / base:.2f}x)",
-        flush=True,
+        f"{'holds' if ok else 'MISSED'} ({queued.wall / base:.2f}x); the floor alone: "
+        f"{floor.wall / base:.2f}x, the plugin's share above it: {queued.wall - floor.wall:+.2f}s"
     )
+    old_sync = find(rows, "main before issue 11, sync")
+    if old_sync is not None:
+        verdict = "holds" if sync.wall <= old_sync.wall else "MISSED"
+        print(
+            f"  target: synchronous no slower than main before issue 11: {verdict} "
+            f"({sync.wall:.2f}s against {old_sync.wall:.2f}s)"
+        )
+    print(end="", flush=True)
     return ok
 
 
