@@ -12,6 +12,8 @@ and then several times, and the medians are printed side by side:
 * the plugin with synchronous logging and with ``async_logging=True``;
 * for 16 x 20 only, main's code from before issue 11, synchronous and queued, in a process of its
   own (target 2: synchronous logging no slower than then).
+* for 16 x 20 only, the floor again on a second server set up as the issue's figures were taken
+  (MLflow's default uvicorn server with one worker).
 
 After every tracked repetition each trial's metric history is read back and checked: every point
 is there (3 keys x epochs), with the values that trial logged (a value encodes its trial and epoch,
@@ -45,7 +47,7 @@ import flyte
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from bench._support import Proxy, scenario_server, unique
+from bench._support import Proxy, scenario_server, start_server, unique
 from bench.epoch_study import EPOCH, KEYS, floor_study, local, plain_study, study, value
 from flyteplugins.mlflow import mlflow_config
 from flyteplugins.mlflow._queue import LIMIT, RunQueue
@@ -184,8 +186,36 @@ def main() -> None:
             if shape == SHAPES[0]:
                 rows += baseline(server.uri, experiment_id, client, shape)
             verdicts.append(report(n, epochs, rows))
+            if shape == SHAPES[0]:
+                issue_setup(rows[0].wall, shape)
     print(f"target in every shape: {'holds' if all(verdicts) else 'MISSED'}")
     memory()
+
+
+def issue_setup(untracked: float, shape: tuple[int, int, int]) -> None:
+    """The floor again, on a server set up as the issue's figures were taken: MLflow's default
+    uvicorn server with one worker (``--workers 1``), in place of gunicorn's two sync workers."""
+    n, epochs, _ = shape
+    with start_server(("--workers", "1")) as server, Proxy(server.uri) as proxy:
+        client = MlflowClient(server.uri)
+        experiment_id = client.create_experiment(unique("epoch-logging-issue-setup"))
+        floor = measure(
+            "floor, uvicorn with one worker",
+            local(
+                mlflow_config(), floor_study, n=n, epochs=epochs, uri=server.uri, experiment_id=experiment_id
+            ),
+            local(
+                mlflow_config(), floor_study, n=n, epochs=epochs, uri=proxy.uri, experiment_id=experiment_id
+            ),
+            proxy,
+            client,
+            shape,
+        )
+    print(
+        f"  the floor on the issue's set-up (uvicorn, one worker): {floor.wall:.2f}s, "
+        f"{floor.wall / untracked:.2f}x untracked ({floor.points}/{floor.expected} points stored)",
+        flush=True,
+    )
 
 
 def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[int, int, int]) -> list[Row]:

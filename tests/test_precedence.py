@@ -206,6 +206,12 @@ async def read_context_tracked() -> str:
     return _settings()
 
 
+@mlflow_run(tags={"from": "decorator"}, run_name="decorated")
+@env.task
+async def read_context_decorated() -> str:
+    return _settings()
+
+
 @mlflow_run
 @env.task
 async def lone() -> str:
@@ -488,6 +494,18 @@ def test_get_mlflow_context_in_tracked_task(
     config = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1], tags={"team": "ml"})
     ctx = config
     seen: str = flyte.with_runcontext(mode="local", custom_context=ctx).run(read_context_tracked).outputs()[0]
+    assert json.loads(seen) == dict(config)
+
+
+def test_get_mlflow_context_leaves_out_the_decorators_own_settings(
+    tracking_uri: str, experiment: tuple[str, str]
+) -> None:
+    """What the decorator sets (here tags and a run name) is not in get_mlflow_context(): it holds the
+    Flyte context's settings only (docs/distributed-training.md says so for a decorator's URI)."""
+    config = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1])
+    seen: str = (
+        flyte.with_runcontext(mode="local", custom_context=config).run(read_context_decorated).outputs()[0]
+    )
     assert json.loads(seen) == dict(config)
 
 

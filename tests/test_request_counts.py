@@ -23,7 +23,7 @@ from typing import Any, Final
 import flyte
 import mlflow
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
 from mlflow.utils.rest_utils import MlflowHostCreds
@@ -31,6 +31,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._queue import RunQueue
+from flyteplugins.mlflow._server import RestServer, server_for
 from tests.conftest import MlflowServer
 from tests.support import BY_NAME, CREATE, GET_RUN, LOG_BATCH, LOG_METRIC, SEARCH, UPDATE, Relay, own_run_id
 
@@ -496,11 +497,61 @@ def test_a_refused_queued_call_fails_the_task_at_its_end(
     end with the server's answer, and its run is FAILED."""
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
     mark = mlflow_server.mark()
-    with pytest.raises(Exception, match="queued MLflow logging call"):
+    with pytest.raises(
+        Exception,
+        match=r"queued MLflow logging call.*refused to store queued values "
+        r"\(POST runs/log-batch\): HTTP 400",
+    ):
         run_local(config, refused)
     assert mlflow_server.requests(mark)[:2] == [CREATE, LOG_BATCH]
     (run,) = client.search_runs([experiment[1]], filter_string="params.p = '1'")
     assert run.info.status == "FAILED"
+
+
+def test_a_queued_batch_sent_again_is_stored_once(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Queued values go out through the plugin's own request path, which retries a log-batch whose
+    answer was lost: the server keeps one copy of each metric point, and a param given again with the
+    same value is accepted."""
+    run_id = client.create_run(experiment[1]).info.run_id
+    points = [Metric("m", float(i), 1_700_000_000_000 + i, i) for i in range(5)]
+    server = server_for(mlflow_server.uri)
+    assert isinstance(server, RestServer)
+    for _ in range(2):
+        server.log_batch(run_id, points, [Param("p", "1")], [RunTag("t", "x")])
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "m")] == [
+        (i, float(i)) for i in range(5)
+    ]
+    assert client.get_run(run_id).data.params == {"p": "1"}
+
+
+def test_a_queued_batch_whose_connection_drops_is_sent_again(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """The first log-batch is hung up on before it reaches the server; the queue's send retries it,
+    and the drain reports no error."""
+    dropped: list[str] = []
+
+    def drop_first_batch(method: str, path: str) -> bool:
+        if path.endswith("/runs/log-batch") and not dropped:
+            dropped.append(path)
+            return False
+        return True
+
+    relay = Relay(mlflow_server.uri, before=drop_first_batch)
+    try:
+        run_id = client.create_run(experiment[1]).info.run_id
+        server = server_for(relay.uri)
+        assert isinstance(server, RestServer)
+        queue = RunQueue(server.log_batch)
+        for i in range(10):
+            queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 0, i)])
+        assert queue.drain(run_id) == []
+        queue.close()
+    finally:
+        relay.close()
+    assert dropped and [m.step for m in client.get_metric_history(run_id, "m")] == list(range(10))
 
 
 def test_the_queue_holds_at_most_its_limit_when_the_server_is_slow(
