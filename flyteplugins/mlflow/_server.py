@@ -3,13 +3,14 @@
 ``MlflowClient`` retries a failing HTTP request for minutes and takes its limits from process-wide
 environment variables, so one call cannot be bounded without changing them for everyone. The plugin
 makes only a handful of calls of its own (create a run, finalize it, look a run or an experiment
-up), so for ``http(s)`` tracking URIs it sends them itself, one attempt at a time (see ``_http``),
-and retries in a loop of its own:
+up, and with ``async_logging=True`` send the queued values), so for ``http(s)`` tracking URIs it
+sends them itself, one attempt at a time (see ``_http``), and retries in a loop of its own:
 
 * a request that never reached the server (connection refused, connect timeout) is always retried;
 * a request that may have been processed (read timeout, HTTP 500) is retried only if repeating it is
-  harmless: finalizing or reading a run, yes; creating a run, no, since that could leave a duplicate
-  run ``RUNNING`` forever;
+  harmless: finalizing or reading a run, or storing a batch of values (the server keeps one copy of
+  a metric point sent twice), yes; creating a run, no, since that could leave a duplicate run
+  ``RUNNING`` forever;
 * ``429``, ``502``, ``503`` and ``504`` mean "not processed" and are retried for every call.
 
 At most :data:`MAX_CONCURRENT_REQUESTS` of these requests are in flight per process, so a burst of
