@@ -120,9 +120,7 @@ def measure(
     n, epochs, repeat = shape
     mark = proxy.mark()
     ids = counted()
-    requests: Counter[str] = Counter(
-        path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for _, path in proxy.requests(mark)
-    )
+    requests = counted_requests(proxy, mark)
     points = misrouted = unfinished = 0
     if client is not None:
         points, misrouted, unfinished = check(client, ids, epochs)
@@ -143,6 +141,13 @@ def measure(
         expected,
         misrouted,
         unfinished,
+    )
+
+
+def counted_requests(proxy: Proxy, mark: int) -> Counter[str]:
+    """The API requests through ``proxy`` since ``mark``, by endpoint (``runs/create``, ...)."""
+    return Counter(
+        path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for _, path in proxy.requests(mark)
     )
 
 
@@ -197,7 +202,7 @@ def main() -> None:
                 rows.append(measure(label, *variants[queued], proxy, client, shape))
             sync_variant = variants[False]
             if shape == SHAPES[0]:
-                rows += baseline(server.uri, experiment_id, client, shape)
+                rows += baseline(server.uri, proxy, experiment_id, client, shape)
                 # Synchronous again after main's code, so that drift over the minutes in between weighs
                 # on both sides alike: target 2 compares main's median with that of both runs.
                 rows.append(measure("plugin, synchronous, again", *sync_variant, proxy, client, shape))
@@ -234,12 +239,15 @@ def issue_setup(untracked: float, shape: tuple[int, int, int]) -> None:
     )
 
 
-def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[int, int, int]) -> list[Row]:
+def baseline(
+    uri: str, proxy: Proxy, experiment_id: str, client: MlflowClient, shape: tuple[int, int, int]
+) -> list[Row]:
     """The same study with main's code from before issue 11 (:data:`BASELINE`), synchronous and queued.
 
     The package as it was is unpacked from git into a temporary directory, and ``bench.epoch_study``
-    runs in a process of its own with that directory first on ``sys.path``. Without git history (a
-    source archive) there is nothing to compare with, and the rows are left out.
+    runs in a process of its own with that directory first on ``sys.path``; its warm-up run goes
+    through ``proxy``, which counts its requests, and its timed runs straight to the server. Without
+    git history (a source archive) there is nothing to compare with, and the rows are left out.
     """
     n, epochs, repeat = shape
     with tempfile.TemporaryDirectory(prefix="flyteplugins-mlflow-baseline-") as tmp:
@@ -257,6 +265,7 @@ def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[in
             args = [
                 "--tracking-uri", uri, "--experiment-id", experiment_id,
                 "--trials", str(n), "--epochs", str(epochs), "--repeat", str(repeat),
+                "--warm-up-uri", proxy.uri,
             ]  # fmt: skip
             if queued:
                 args.append("--async-logging")
@@ -267,6 +276,7 @@ def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[in
                 f"assert p.__file__.startswith({tmp!r}), p.__file__; "
                 "runpy.run_module('bench.epoch_study', run_name='__main__')"
             )
+            mark = proxy.mark()
             done = subprocess.run(
                 [sys.executable, "-c", code],
                 cwd=tmp,
@@ -288,7 +298,7 @@ def baseline(uri: str, experiment_id: str, client: MlflowClient, shape: tuple[in
                 Row(
                     label,
                     tuple(walls),
-                    Counter(),
+                    counted_requests(proxy, mark),
                     points,
                     repeat * n * epochs * len(KEYS),
                     misrouted,

@@ -18,8 +18,9 @@ checkout of the package: ``epoch_logging`` times the code of main before issue 1
 ``PYTHONPATH``, side by side with today's.
 
 Run: ``python -m bench.epoch_study --tracking-uri URI --experiment-id ID --trials 16 --epochs 20
---repeat 5 [--async-logging]``. It prints one JSON line: the wall time and the run ids of each
-repetition, after a warm-up run that is not timed.
+--repeat 5 [--async-logging] [--warm-up-uri PROXY]``. It prints one JSON line: the wall time and the
+run ids of each repetition, after a warm-up run that is not timed (sent to ``--warm-up-uri`` if
+given, so a proxy can count its requests).
 """
 
 from __future__ import annotations
@@ -186,13 +187,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--repeat", type=int, required=True)
     parser.add_argument("--async-logging", action="store_true")
+    parser.add_argument(
+        "--warm-up-uri", help="where the warm-up run sends (a counting proxy); default: --tracking-uri"
+    )
     args = parser.parse_args()
     flyte.init()
-    config = mlflow_config(
-        tracking_uri=args.tracking_uri, experiment_id=args.experiment_id, async_logging=args.async_logging
+    timed, warm_up = (
+        mlflow_config(tracking_uri=uri, experiment_id=args.experiment_id, async_logging=args.async_logging)
+        for uri in (args.tracking_uri, args.warm_up_uri or args.tracking_uri)
     )
-    go = local(config, study, n=args.trials, epochs=args.epochs)
-    go()  # the warm-up
+    local(warm_up, study, n=args.trials, epochs=args.epochs)()
+    go = local(timed, study, n=args.trials, epochs=args.epochs)
     walls, ids = [], []
     for _ in range(args.repeat):
         started = time.perf_counter()
