@@ -780,17 +780,20 @@ def decode(context: Mapping[str, str]) -> MlflowConfig | None:
                 raise ValueError(msg)
             values[f.name] = _decode_value(key, _KINDS.get(f.name, _Kind.TEXT), text)
         except (ValueError, TypeError) as e:
-            msg = without_credentials(
-                f"custom_context[{key!r}] = {text!r} is not a valid {f.name} setting: {e}"
-            )
+            # Each part that can quote user input is masked on its own: masking the whole message
+            # could take an example URL in the error and an "@" in a later part for one URI's user
+            # name, and hide the key between them.
+            value, why = without_credentials(repr(text)), without_credentials(str(e))
+            msg = f"custom_context[{key!r}] = {value} is not a valid {f.name} setting: {why}"
             raise ValueError(msg) from None
     if not found:
         return None
     try:
         return MlflowConfig(**values)  # type: ignore[arg-type]
     except (ValueError, TypeError) as e:
-        shown = {CONTEXT_PREFIX + k: context[CONTEXT_PREFIX + k] for k in values}
-        msg = without_credentials(
-            f"the mlflow settings in custom_context are invalid ({e}); the settings were {shown!r}"
+        shown = {CONTEXT_PREFIX + k: without_credentials(context[CONTEXT_PREFIX + k]) for k in values}
+        msg = (
+            f"the mlflow settings in custom_context are invalid ({without_credentials(str(e))}); "
+            f"the settings were {shown!r}"
         )
         raise ValueError(msg) from None
