@@ -62,6 +62,7 @@ class ConfigOptions(TypedDict, total=False):
     on_retry: OnRetry | Literal["new", "resume"]
     request_timeout: float | None
     request_retries: int | None
+    outage_timeout: float | None
     report: bool
     report_metric: str | None
     report_goal: ReportGoal | Literal["minimize", "maximize"] | None

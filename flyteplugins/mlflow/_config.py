@@ -16,7 +16,7 @@ import json
 import math
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar, Union
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from flyteplugins.mlflow._backlink import check_console_url
+from flyteplugins.mlflow._frozen import FrozenDict, freeze, thaw
 
 __all__ = [
     "CONTEXT_PREFIX",
@@ -36,6 +37,7 @@ __all__ = [
     "decode",
     "encode",
     "freeze",
+    "set_scope",
     "thaw",
     "to_on_retry",
     "to_on_tracking_error",
@@ -183,62 +185,6 @@ def to_report_goal(value: ReportGoal | str | None) -> ReportGoal | None:
         TypeError: the value is neither a string, a ``ReportGoal`` nor ``None``.
     """
     return None if value is None else _to_enum(ReportGoal, "report_goal", value)
-
-
-# --- frozen JSON-like values -------------------------------------------------------------------
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class FrozenDict(Mapping[_K, _V]):
-    """An immutable, hashable mapping: the frozen form of ``tags``, ``autolog_kwargs`` and ``run_kwargs``."""
-
-    __slots__ = ("_data", "_hash")
-
-    def __init__(self, data: Mapping[_K, _V] | None = None) -> None:
-        self._data: dict[_K, _V] = dict(data or {})
-        self._hash: int | None = None
-
-    def __getitem__(self, key: _K) -> _V:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[_K]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(frozenset(self._data.items()))
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._data == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return repr(self._data)
-
-
-def freeze(value: Any) -> Any:
-    """Return a hashable copy of a JSON-like value: dicts become ``FrozenDict``, lists become tuples."""
-    if isinstance(value, Mapping):
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """Undo :func:`freeze`: the plain ``dict``/``list`` form that MLflow and JSON expect."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [thaw(v) for v in value]
-    return value
 
 
 # --- converters and validators -----------------------------------------------------------------
@@ -480,6 +426,12 @@ def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: ob
         raise ValueError(msg)
 
 
+def _outage_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return  # 0: never wait for a server that is away
+    _positive_float(instance, attribute, value)
+
+
 def _retries(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -526,6 +478,7 @@ class MlflowTrackingSettings:
     on_retry: OnRetry = attrs.field(default=OnRetry.NEW, converter=to_on_retry)
     request_timeout: float | None = attrs.field(default=None, validator=_positive_float)
     request_retries: int | None = attrs.field(default=None, validator=_retries)
+    outage_timeout: float | None = attrs.field(default=None, validator=_outage_seconds)
     report: bool = attrs.field(default=False, validator=_bool)
     report_metric: str | None = attrs.field(default=None, validator=_metric_name)
     report_goal: ReportGoal | None = attrs.field(default=None, converter=to_report_goal)
@@ -615,6 +568,11 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
             for the answer.
         request_retries: Retries (0 to 10) of the plugin's own requests. Unset: 2. Setting a run's
             final status is retried at least 5 times.
+        outage_timeout: Seconds (0 or more) the plugin waits for a tracking server this workflow has
+            reached when it goes away (refused connections, 502/503/504): for its own requests and
+            for the queued values at a task's end. Past it, what could not be sent goes to a journal
+            (``python -m flyteplugins.mlflow replay``). Unset: 300 s, at least as long as MLflow's
+            own client waits with its default settings.
         report: Write an "MLflow" tab in the task's Flyte report when its run ends, on success and on
             failure.
         report_metric: The metric that ranks nested children in that tab, best first; an MLflow
@@ -644,9 +602,7 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
         return (_rebuild, (attrs.asdict(self, recurse=False),))
 
     def __enter__(self) -> MlflowConfig:
-        from flyteplugins.mlflow import _context
-
-        _context.enter_scope(self)
+        _SCOPE[0](self)
         return self
 
     def __exit__(
@@ -655,9 +611,22 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        from flyteplugins.mlflow import _context
+        _SCOPE[1]()
 
-        _context.exit_scope()
+
+def _no_scope(*_: object) -> None:
+    msg = "import flyteplugins.mlflow to use an MlflowConfig as a context manager"
+    raise RuntimeError(msg)
+
+
+# What ``with config:`` does on entry and exit. ``_context`` puts its scope functions here when it is
+# imported (always, with the package), so that this module never imports it.
+_SCOPE: list[Callable[..., None]] = [_no_scope, _no_scope]
+
+
+def set_scope(enter: Callable[[MlflowConfig], None], leave: Callable[[], None]) -> None:
+    """Install what ``with config:`` does: ``_context``'s scoped override of ``custom_context``."""
+    _SCOPE[:] = [enter, leave]
 
 
 def _rebuild(fields: dict[str, Any]) -> MlflowConfig:
@@ -693,6 +662,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "on_retry": _Kind.RETRY,
     "request_timeout": _Kind.SECONDS,
     "request_retries": _Kind.COUNT,
+    "outage_timeout": _Kind.SECONDS,
     "report": _Kind.FLAG,
     "report_goal": _Kind.GOAL,
 }

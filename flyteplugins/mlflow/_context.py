@@ -24,7 +24,7 @@ import attrs
 import flyte
 from flyte.models import ActionID
 
-from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowConfig, decode, encode
+from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowConfig, decode, encode, set_scope
 
 __all__ = [
     "PARENT_EXPERIMENT_KEY",
@@ -96,6 +96,7 @@ class TaskSnapshot:
     restart: int = 0
     action_id: str | None = None
     flyte_url: str | None = None
+    raw_data: str | None = None  # the task's raw-data prefix (local or in Flyte's store)
 
     @property
     def retried(self) -> bool:
@@ -174,6 +175,7 @@ def snapshot() -> TaskSnapshot:
             str(part or "") for part in (action.project, action.domain, action.run_name, action.name)
         ),
         flyte_url=_console_action_url(action) if tctx.mode == "remote" else None,
+        raw_data=str(tctx.raw_data_path.path) if tctx.raw_data_path else None,
     )
 
 
@@ -282,3 +284,6 @@ def exit_scope() -> None:
         return
     _OPEN_SCOPES.set(scopes[:-1])
     scopes[-1].close()
+
+
+set_scope(enter_scope, exit_scope)

@@ -41,6 +41,7 @@ from typing_extensions import ParamSpec
 
 from flyteplugins.mlflow import (
     _backlink,
+    _journal,
     _mlflow_state,
     _ranks,
     _report,
@@ -48,6 +49,7 @@ from flyteplugins.mlflow import (
     _runstack,
     _signals,
     _sweep,
+    _system_metrics,
 )
 from flyteplugins.mlflow._backlink import NOTE_TAG
 from flyteplugins.mlflow._config import (
@@ -70,7 +72,7 @@ from flyteplugins.mlflow._context import (
     snapshot,
 )
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
-from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, describe, server_for
+from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, describe, server_for, vouch
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking.fluent import ActiveRun
 
@@ -162,6 +164,7 @@ class Plan:
     retry: OnRetry | None = None
     sweep_root: str | None = None
     report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
+    journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _journal)
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -212,7 +215,9 @@ def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Au
 def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
     timeout = own.request_timeout or ctx.request_timeout
     retries = own.request_retries if own.request_retries is not None else ctx.request_retries
+    outage = own.outage_timeout if own.outage_timeout is not None else ctx.outage_timeout
     policy = DEFAULT_POLICY if retries is None else attrs.evolve(DEFAULT_POLICY, retries=retries)
+    policy = policy if outage is None else attrs.evolve(policy, outage=outage)
     return policy if timeout is None else attrs.evolve(policy, timeout=timeout, read_timeout=None)
 
 
@@ -317,6 +322,7 @@ def plan(
         retry=retry,
         sweep_root=sweep_root,
         report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
+        journal_dir=snap.raw_data,
     )
 
 
@@ -422,17 +428,9 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
     if known != dict(p.resolved_experiments):
         children[RESOLVED_EXPERIMENTS_KEY] = json.dumps(known, sort_keys=True)
     owned = p.action != "share"
-    monitor = _start_monitor(run.info.run_id) if p.log_system_metrics and owned else None
+    monitor = _system_metrics.start(run.info.run_id) if p.log_system_metrics and owned else None
     token = _signals.register(run.info.run_id, server) if owned else None
     return Opened(plan=p, run=run, owned=owned, children=children, monitor=monitor, signal_token=token)
-
-
-def _start_monitor(run_id: str) -> Any:
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(run_id)
-    monitor.start()
-    return monitor
 
 
 # --- 3. bound ----------------------------------------------------------------------------------
@@ -479,21 +477,20 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
                 opened.monitor.finish()
         failed: list[str] = []
         if opened.plan.async_logging or _mlflow_state.async_logging_on():
-            try:  # what the task queued lands before the status is set
+            try:  # what the task queued lands before the status is set; a server away is waited for
                 ids = {r.info.run_id for r in runs} | {opened.run.info.run_id}
-                failed = _mlflow_state.drain_async_logging(opened.plan.tracking_uri, ids)
+                until = time.monotonic() + opened.plan.policy.outage
+                failed = _mlflow_state.drain_async_logging(opened.plan.tracking_uri, ids, until)
             except Exception as e:
                 logger.warning("MLflow's queued (async) logging could not be drained: %s", e)
         if failed and status == RunStatus.to_string(RunStatus.FINISHED):
             status = RunStatus.to_string(RunStatus.FAILED)  # as if the failing log call had raised
         if owned or len(runs) > 1:
             server = server_for(opened.plan.tracking_uri, opened.plan.policy)
-            policy = opened.plan.policy.for_finalize()
-            leftovers = [r for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
-            for run in reversed(leftovers):
-                server.set_status(run.info.run_id, status, _now_ms(), policy)
-            if owned:
-                server.set_status(opened.run.info.run_id, status, _now_ms(), policy)
+            leftovers = [r.info.run_id for r in runs[1:] if r.info.run_id != opened.run.info.run_id]
+            closing = [*reversed(leftovers), *([opened.run.info.run_id] if owned else [])]
+            policy, journal_dir = opened.plan.policy.for_finalize(), opened.plan.journal_dir
+            _journal.finish(server, closing, status, policy, journal_dir, _mlflow_state.take_unsent)
             if owned and opened.plan.sweep_root is not None:
                 # After the root's own status: a server that could not take that one is not swept.
                 info = opened.run.info
@@ -526,6 +523,8 @@ def _prepare(
     name = getattr(func, "__name__", None)
     p = plan(own, rank, snap, uri, task_run=task_run, task_name=name)
     if p is not None:
+        if snap.inherited.run_id is not None:
+            vouch(p.tracking_uri)  # a caller created its run there: wait for it through an outage
         return p, None
     rank0 = plan(own, 0, snap, uri, task_run=task_run, task_name=name)
     assert rank0 is not None

@@ -45,6 +45,7 @@ import attrs
 import mlflow
 from flyteplugins.mlflow._config import thaw
 from flyteplugins.mlflow._errors import MlflowTrackingError
+from flyteplugins.mlflow._journal import Values
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import RestServer, describe, server_for
 from mlflow.config import enable_async_logging
@@ -62,6 +63,7 @@ __all__ = [
     "open_tasks",
     "queue",
     "release",
+    "take_unsent",
     "use_experiment",
 ]
 
@@ -251,20 +253,28 @@ def queue() -> RunQueue | None:
     return installed[2] if installed is not None else None
 
 
-def drain_async_logging(uri: str, run_ids: Iterable[str]) -> list[str]:
+def drain_async_logging(uri: str, run_ids: Iterable[str], deadline: float | None = None) -> list[str]:
     """Send what is queued for ``run_ids`` and wait until it is stored; report what failed.
 
-    With the plugin's queue installed only these runs are drained, and other tasks keep queueing.
-    Otherwise (asynchronous logging switched on by the user) MLflow's queue for ``uri`` is drained.
+    With the plugin's queue installed only these runs are drained, and other tasks keep queueing; a
+    server that is away is waited for until ``deadline`` (``time.monotonic()``), and what is left is
+    for :func:`take_unsent`. Otherwise (asynchronous logging switched on by the user) MLflow's queue
+    for ``uri`` is drained.
 
     Returns:
         One line per queued call that failed (run id and error); MLflow's own queue reports none.
     """
     ours = queue()
     if ours is not None:
-        return [f"run {run_id}: {error}" for run_id, error in ours.drain_all(run_ids)]
+        return [f"run {run_id}: {error}" for run_id, error in ours.drain_all(run_ids, deadline)]
     _drain_mlflow_queue(tracking_utils._get_store(uri))
     return []
+
+
+def take_unsent(run_id: str) -> list[Values]:
+    """What the plugin's queue still holds for ``run_id`` after a drain (its server away), handed over."""
+    ours = queue()
+    return ours.take(run_id) if ours is not None else []
 
 
 def _drain_mlflow_queue(store: Any) -> None:

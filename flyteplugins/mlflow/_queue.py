@@ -18,9 +18,14 @@ plugin holds asynchronous logging, :class:`RunQueue` stands in for it on the sto
   100 tags), or when the run is drained;
 * :meth:`RunQueue.drain` sends one run's values now, from the calling thread, and returns the errors
   its queued calls met; other runs keep queueing meanwhile;
-* memory is bounded: at most :data:`LIMIT` values are held (queued or being sent). A call that would
-  go past it waits until sends have made room, so logging slows to the server's pace instead of
-  growing without bound; nothing is dropped.
+* memory is bounded: at most :data:`LIMIT` values are held in memory (queued or being sent). A call
+  that would go past it never waits: its values go to a temporary file on local disk (the spool) and
+  are read back, in their place in the run's order, when their turn comes. Nothing is dropped;
+* a server that is away (:data:`~flyteplugins.mlflow._errors.AWAY`: no connection, no answer, a
+  502/503/504) does not lose values: a batch it did not take goes back to the front of its run's
+  queue and is sent again with backoff (0.5 s doubling to 4 s), for as long as the server is away.
+  ``log_*`` calls keep returning at once meanwhile. :meth:`RunQueue.drain` with a deadline waits for
+  the server until then; :meth:`RunQueue.take` hands over what is still unsent (for the journal).
 
 Sends for one run never overlap, so a later value of a tag or param never overtakes an earlier one.
 """
@@ -28,25 +33,33 @@ Sends for one run never overlap, so a later value of a tag or param never overta
 from __future__ import annotations
 
 import atexit
+import inspect
 import itertools
+import json
 import logging
+import tempfile
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import IO, Final
 
+from flyteplugins.mlflow._errors import AWAY
+from flyteplugins.mlflow._journal import Values, values_from_json, values_json
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS
 from mlflow.utils.async_logging.run_operations import RunOperations
 
 __all__ = ["LIMIT", "RunQueue", "interval"]
 
+_FIRST_PAUSE: Final = 0.5
+_MAX_PAUSE: Final = 4.0
+
 logger = logging.getLogger("flyteplugins.mlflow")
 
 LIMIT: Final = 100_000
-"""The most values (metrics, params and tags) a queue holds before ``log_*`` calls wait for room."""
+"""The most values (metrics, params and tags) a queue holds in memory; past it they go to disk."""
 
 DEFAULT_INTERVAL: Final = 1.0
 # What one log-batch request may carry (MLflow's MAX_ENTITIES_PER_BATCH and its params/tags limits).
@@ -54,7 +67,7 @@ _MAX_ENTITIES: Final = 1000
 _MAX_PARAMS: Final = 100
 _MAX_TAGS: Final = 100
 
-Send = Callable[..., None]  # the store's log_batch(run_id=, metrics=, params=, tags=)
+Send = Callable[..., None]  # the store's log_batch(run_id=, metrics=, params=, tags=[, deadline=])
 
 
 def interval() -> float:
@@ -70,7 +83,19 @@ class _Entry:
     ``concurrent.futures.Future``, which would cost a lock and a condition per call.
     """
 
-    __slots__ = ("cond", "done", "error", "metrics", "params", "queued", "seq", "size", "tags")
+    __slots__ = (
+        "cond",
+        "done",
+        "error",
+        "held",
+        "metrics",
+        "params",
+        "queued",
+        "seq",
+        "size",
+        "spilled",
+        "tags",
+    )
 
     def __init__(
         self, cond: threading.Condition, metrics: list[Metric], params: list[Param], tags: list[RunTag]
@@ -81,6 +106,8 @@ class _Entry:
         self.params = params
         self.tags = tags
         self.size = len(metrics) + len(params) + len(tags)
+        self.held = self.size  # of them, in memory (0 once spilled to disk)
+        self.spilled: tuple[int, int] | None = None  # (offset, length) in the queue's spool file
         self.queued = time.monotonic()
         self.done = False
         self.error: BaseException | None = None
@@ -99,15 +126,20 @@ class _Entry:
 
 
 class _Run:
-    """One run's queued calls, the lock that keeps its sends in order, and the errors not yet reported."""
+    """One run's queued calls, the lock that keeps its sends in order, the errors not yet reported, and
+    while its server is away, when to try again."""
 
-    __slots__ = ("entries", "errors", "sending", "size")
+    __slots__ = ("entries", "errors", "inflight", "pause", "retry_at", "sending", "size", "taken")
 
     def __init__(self) -> None:
         self.entries: deque[_Entry] = deque()
         self.size = 0  # the values in ``entries``
         self.sending = threading.Lock()
         self.errors: list[BaseException] = []
+        self.inflight: list[_Entry] = []  # the batch being sent right now
+        self.pause = 0.0  # the backoff while the server is away (0: it is not)
+        self.retry_at = 0.0  # monotonic time before which the sending thread leaves the run alone
+        self.taken = False  # handed over by take(): what is in flight is no longer counted as held
 
 
 _open: weakref.WeakSet[RunQueue] = weakref.WeakSet()
@@ -136,12 +168,14 @@ class RunQueue:
 
     Args:
         send: the store's ``log_batch``, called with ``run_id``, ``metrics``, ``params``, ``tags``.
-        limit: the most values held at once (see :data:`LIMIT`).
+        limit: the most values held in memory at once (see :data:`LIMIT`).
     """
 
     def __init__(self, send: Send, limit: int = LIMIT) -> None:
         self._send = send
+        self._deadlines = "deadline" in inspect.signature(send).parameters
         self._limit = limit
+        self._spool: IO[bytes] | None = None
         self._cond = threading.Condition()
         self._runs: dict[str, _Run] = {}
         self._held = 0  # values queued or being sent
@@ -149,9 +183,11 @@ class RunQueue:
         self._closed = False
         self._pressed = False  # a caller waits for room: send everything now
         self.high_water = 0
-        """The most values held at once so far (for the benchmark and tests)."""
-        self.waits = 0
-        """How many calls had to wait for room."""
+        """The most values held in memory at once so far (for the benchmark and tests)."""
+        self.spilled = 0
+        """How many values went to the spool file on disk, past the memory bound."""
+        self.spilled_bytes = 0
+        """How many bytes the spool file has taken."""
         self._thread = threading.Thread(target=self._loop, name="flyteplugins-mlflow-queue", daemon=True)
         self._thread.start()
         _at_exit(self)
@@ -172,7 +208,7 @@ class RunQueue:
     def log_batch_async(
         self, run_id: str, params: list[Param], tags: list[RunTag], metrics: list[Metric]
     ) -> RunOperations:
-        """Queue one call's values for ``run_id``; wait first if the queue is full.
+        """Queue one call's values for ``run_id``, at once: on disk if memory holds :data:`LIMIT` values.
 
         Returns:
             MLflow's ``RunOperations``, whose ``wait()`` returns once the values are stored and raises
@@ -184,18 +220,16 @@ class RunQueue:
             return RunOperations([entry])
         with self._cond:
             if self._held and self._held + entry.size > self._limit:
-                self.waits += 1
-                while self._held and self._held + entry.size > self._limit and not self._closed:
-                    self._pressed = True
-                    self._cond.notify_all()
-                    self._cond.wait()
+                self._spill(entry)
+                self._pressed = True
+                self._cond.notify_all()
             entry.seq = next(self._seq)
             run = self._runs.get(run_id)
             if run is None:
                 run = self._runs[run_id] = _Run()
             run.entries.append(entry)
             run.size += entry.size
-            self._held += entry.size
+            self._held += entry.held
             self.high_water = max(self.high_water, self._held)
             if len(run.entries) == 1 or run.size >= _MAX_ENTITIES:
                 self._cond.notify_all()
@@ -215,36 +249,81 @@ class RunQueue:
 
     # --- the plugin's own
 
-    def drain(self, run_id: str) -> list[BaseException]:
+    def drain(self, run_id: str, deadline: float | None = None) -> list[BaseException]:
         """Send everything queued for ``run_id`` so far, and wait until it is stored.
 
+        While the server is away, a drain with no ``deadline`` returns at once, its values still
+        queued; with a ``deadline`` (``time.monotonic()``) it waits for the server until then. What is
+        left afterwards is kept: :meth:`take` hands it over.
+
         Returns:
-            The errors the run's queued calls met since the last drain (they are reported once).
+            The errors the run's queued calls met since the last drain (they are reported once); a
+            server being away is not one of them.
         """
         with self._cond:
             run = self._runs.get(run_id)
             mark = next(self._seq)
         if run is None:
             return []
-        with run.sending:
-            while self._send_chunk(run_id, run, mark):
-                pass
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not run.sending.acquire(timeout=wait):
+            return self._errors_of(run)
+        try:
+            while True:
+                outcome = self._send_chunk(run_id, run, mark, deadline)
+                if outcome == "sent":
+                    continue
+                if outcome == "empty" or deadline is None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(run.pause, left))
             with self._cond:
-                errors, run.errors = run.errors, []
-                if not run.entries:
+                if not run.entries and self._runs.get(run_id) is run:
                     self._runs.pop(run_id, None)
+        finally:
+            run.sending.release()
         with self._cond:
             self._cond.notify_all()  # the sending thread skipped this run while it was being drained
+        return self._errors_of(run)
+
+    def _errors_of(self, run: _Run) -> list[BaseException]:
+        with self._cond:
+            errors, run.errors = run.errors, []
         return errors
 
-    def drain_all(self, run_ids: Iterable[str] | None = None) -> list[tuple[str, BaseException]]:
+    def take(self, run_id: str) -> list[Values]:
+        """Hand over what is still unsent for ``run_id`` (a batch in flight included), oldest first, and
+        forget the run. The values are no longer sent from here: the caller journals them."""
+        with self._cond:
+            run = self._runs.pop(run_id, None)
+            if run is None:
+                return []
+            run.taken = True
+            entries = [*run.inflight, *run.entries]
+            for entry in run.entries:
+                self._held -= entry.held
+                entry.done = True
+            run.entries.clear()
+            run.size = 0
+            taken = [self._values(entry) for entry in entries]
+            self._cond.notify_all()
+        return [values for values in taken if any(values)]
+
+    def drain_all(
+        self, run_ids: Iterable[str] | None = None, deadline: float | None = None
+    ) -> list[tuple[str, BaseException]]:
         """Drain the given runs (every run when ``None``); return their errors with their run ids."""
         with self._cond:
             targets = list(self._runs) if run_ids is None else list(run_ids)
-        return [(run_id, e) for run_id in targets for e in self.drain(run_id)]
+        return [(run_id, e) for run_id in targets for e in self.drain(run_id, deadline)]
 
     def close(self) -> None:
-        """Send everything queued and stop the sending thread; later calls are sent as they come."""
+        """Send everything queued and stop the sending thread; later calls are sent as they come.
+
+        Values whose server is away are logged as lost here: a task's end journals its own before.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -252,6 +331,14 @@ class RunQueue:
             logger.error("MLflow run %s: queued logging failed: %s", run_id, error)
         if self._thread is not threading.current_thread():
             self._thread.join()
+        with self._cond:
+            left = {run_id: run.size for run_id, run in self._runs.items() if run.size}
+        for run_id, size in left.items():
+            logger.error(
+                "MLflow run %s: %d queued value(s) not stored: the tracking server is away", run_id, size
+            )
+        if self._spool is not None:
+            self._spool.close()
         _open.discard(self)
 
     def held(self) -> int:
@@ -261,9 +348,31 @@ class RunQueue:
 
     # --- sending
 
-    def _send_chunk(self, run_id: str, run: _Run, mark: int | None) -> bool:
+    def _spill(self, entry: _Entry) -> None:
+        """Move one call's values to the spool file (with the queue's lock held)."""
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(prefix="flyteplugins-mlflow-queue-")  # noqa: SIM115 (closed by close())
+        line = json.dumps(values_json((entry.metrics, entry.params, entry.tags))).encode()
+        self._spool.seek(0, 2)
+        entry.spilled = (self._spool.tell(), len(line))
+        self._spool.write(line)
+        self.spilled += entry.size
+        self.spilled_bytes += len(line)
+        entry.metrics, entry.params, entry.tags = [], [], []
+        entry.held = 0
+
+    def _values(self, entry: _Entry) -> Values:
+        """One call's values, read back from the spool if they were spilled (with the lock held)."""
+        if entry.spilled is None or self._spool is None:
+            return entry.metrics, entry.params, entry.tags
+        offset, length = entry.spilled
+        self._spool.seek(offset)
+        return values_from_json(json.loads(self._spool.read(length)))
+
+    def _send_chunk(self, run_id: str, run: _Run, mark: int | None, deadline: float | None) -> str:
         """Send the run's oldest values that fit in one request (up to sequence ``mark``), with
-        ``run.sending`` held. Returns whether anything was sent."""
+        ``run.sending`` held: ``"sent"``, ``"empty"`` (nothing to send), or ``"away"`` (the server
+        did not take them; they are back at the front of the run's queue)."""
         with self._cond:
             taken: list[_Entry] = []
             size = 0
@@ -274,6 +383,9 @@ class RunQueue:
                 if mark is not None and entry.seq > mark:
                     break
                 keys = {p.key for p in entry.params}, {t.key for t in entry.tags}
+                if entry.spilled is not None:
+                    loaded = self._values(entry)
+                    keys = {p.key for p in loaded[1]}, {t.key for t in loaded[2]}
                 if taken and (
                     size + entry.size > _MAX_ENTITIES
                     or len(params) + len(keys[0]) > _MAX_PARAMS
@@ -289,26 +401,44 @@ class RunQueue:
                 size += entry.size
                 params |= keys[0]
                 tags |= keys[1]
+            batch = [self._values(entry) for entry in taken]
+            run.inflight = taken
         if not taken:
-            return False
+            return "empty"
         error: BaseException | None = None
+        away = False
         try:
+            extra = (
+                {"deadline": time.monotonic() if deadline is None else deadline} if self._deadlines else {}
+            )
             self._send(
                 run_id=run_id,
-                metrics=[m for e in taken for m in e.metrics],
-                params=[p for e in taken for p in e.params],
-                tags=[t for e in taken for t in e.tags],
+                metrics=[m for values in batch for m in values[0]],
+                params=[p for values in batch for p in values[1]],
+                tags=[t for values in batch for t in values[2]],
+                **extra,
             )
+        except AWAY as e:
+            away, error = True, e
         except Exception as e:
             error = e
         with self._cond:
-            self._held -= size
-            if error is not None:
+            run.inflight = []
+            if away and not run.taken:
+                run.entries.extendleft(reversed(taken))
+                run.size += size
+                run.pause = min(max(run.pause * 2, _FIRST_PAUSE), _MAX_PAUSE)
+                run.retry_at = time.monotonic() + run.pause
+                logger.debug("MLflow run %s: the tracking server is away, values kept: %s", run_id, error)
+                return "away"
+            run.pause = run.retry_at = 0.0
+            self._held -= sum(entry.held for entry in taken)
+            if error is not None and not away:
                 run.errors.append(error)
             for entry in taken:
                 entry.done, entry.error = True, error
             self._cond.notify_all()
-        return True
+        return "sent"
 
     def _send_now(self, run_id: str, entry: _Entry) -> None:
         """After :meth:`close`: store one call's values at once, in the calling thread."""
@@ -325,8 +455,10 @@ class RunQueue:
         for run_id, run in self._runs.items():
             if not run.entries or run.sending.locked():  # a drain is sending it: it notifies when done
                 continue
-            at = run.entries[0].queued + wait
-            if self._pressed or at <= now or run.size >= _MAX_ENTITIES:
+            at = max(run.entries[0].queued + wait, run.retry_at)
+            if run.retry_at > now:  # its server is away: try again after the backoff
+                soonest = at - now if soonest is None else min(soonest, at - now)
+            elif self._pressed or at <= now or run.size >= _MAX_ENTITIES:
                 due.append((run_id, run))
             else:
                 soonest = at - now if soonest is None else min(soonest, at - now)
@@ -347,7 +479,7 @@ class RunQueue:
             for run_id, run in due:
                 if run.sending.acquire(blocking=False):  # else a drain is sending this run right now
                     try:
-                        self._send_chunk(run_id, run, None)
+                        self._send_chunk(run_id, run, None, None)
                     finally:
                         run.sending.release()
             if self._closed:

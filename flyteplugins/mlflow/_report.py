@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -36,11 +36,33 @@ from flyteplugins.mlflow._config import (
     ReportGoal,
 )
 from flyteplugins.mlflow._errors import MlflowTrackingError
-from flyteplugins.mlflow._server import Server, describe, server_for
+from flyteplugins.mlflow._server import RequestPolicy, Server, describe, server_for
 from mlflow.entities import Metric, Run
+from mlflow.tracking.fluent import ActiveRun
 
-if TYPE_CHECKING:
-    from flyteplugins.mlflow._lifecycle import Opened
+
+class _Plan(Protocol):
+    """What writing the tab reads of a tracked call's plan (``_lifecycle.Plan``)."""
+
+    @property
+    def tracking_uri(self) -> str: ...
+    @property
+    def policy(self) -> RequestPolicy: ...
+    @property
+    def on_error(self) -> OnTrackingError: ...
+    @property
+    def report(self) -> ReportSpec | None: ...
+
+
+class Opened(Protocol):
+    """What writing the tab reads of an opened run (``_lifecycle.Opened``), so this module never
+    imports the lifecycle that calls it."""
+
+    @property
+    def plan(self) -> _Plan: ...
+    @property
+    def run(self) -> ActiveRun: ...
+
 
 __all__ = [
     "MAX_CHARTS",

@@ -39,7 +39,12 @@ import urllib3
 from google.protobuf.message import Message
 
 from flyteplugins.mlflow._auth import explain
-from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
+from flyteplugins.mlflow._errors import (
+    MlflowTrackingError,
+    TrackingRequestError,
+    TrackingServerUnanswered,
+    TrackingServerUnreachable,
+)
 from flyteplugins.mlflow._http import send
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
@@ -57,28 +62,66 @@ from mlflow.tracking.client import MlflowClient
 from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 from mlflow.utils.rest_utils import verify_rest_response
 
-__all__ = ["DEFAULT_POLICY", "MAX_CONCURRENT_REQUESTS", "RequestPolicy", "Server", "describe", "server_for"]
+__all__ = [
+    "DEFAULT_OUTAGE_TIMEOUT",
+    "DEFAULT_POLICY",
+    "MAX_CONCURRENT_REQUESTS",
+    "RequestPolicy",
+    "Server",
+    "describe",
+    "reached",
+    "server_for",
+    "vouch",
+]
 
 MAX_CONCURRENT_REQUESTS: Final = 8
 _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 _HEARD: dict[str, float] = {}  # tracking URI -> when it last answered one of our requests (monotonic)
+_VOUCHED: set[str] = set()  # tracking URIs where a caller of this process's tasks created their run
 _NOT_PROCESSED: Final = frozenset({429, 502, 503, 504})
 _MAX_BACKOFF: Final = 4.0
 _NEWEST: Final = "attributes.start_time DESC"
 
 
+DEFAULT_OUTAGE_TIMEOUT: Final = 300.0
+"""How long the plugin waits for a server it has reached before, when it goes away (``outage_timeout``).
+
+MLflow's own client, with its defaults (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=7``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=1``), retries a refused
+connection or a 502/503/504 7 times through urllib3's ``Retry``: it sleeps 0, 4, 8, 16, 32, 64 and
+120 s (``2 * 2**(n-1)``, capped at urllib3's ``DEFAULT_BACKOFF_MAX`` of 120 s, plus up to 1 s of
+jitter on each uncapped sleep but the first): 244 to 249 s before it gives up. 300 s is at least that.
+"""
+
+
+def reached(uri: str) -> bool:
+    """Whether ``uri`` is a server this workflow has reached: it answered this process before, or a
+    caller created its run there (:func:`vouch`). Such a server is waited for through an outage."""
+    return uri in _HEARD or uri in _VOUCHED
+
+
+def vouch(uri: str) -> None:
+    """Record that a caller created a run at ``uri``, so this process waits for it as for one it reached."""
+    _VOUCHED.add(uri)
+
+
 @attrs.frozen
 class RequestPolicy:
-    """Limits for one of the plugin's requests: timeouts per attempt, retries, and the first backoff.
+    """Limits for one of the plugin's requests: timeouts per attempt, retries, the first backoff, and
+    how long a server reached before is waited for through an outage.
 
     ``timeout`` bounds making the connection, and also waiting for the answer unless
     ``read_timeout`` is set. The default policy gives the answer longer (:data:`DEFAULT_POLICY`).
+    ``outage`` (``outage_timeout``) applies only to a server that :func:`reached` says was reached:
+    its connection errors, 502/503/504 (and, for requests that are safe to repeat, timeouts and
+    5xx) are retried with backoff capped at 4 s until that many seconds have passed.
     """
 
     timeout: float = 4.0
     retries: int = 2
     backoff: float = 0.5
     read_timeout: float | None = None
+    outage: float = DEFAULT_OUTAGE_TIMEOUT
 
     @property
     def answer_timeout(self) -> float:
@@ -187,6 +230,17 @@ class Server(Protocol):
         """The first ``max_results`` points of a metric's history in one request, and whether it has more."""
         ...
 
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[Metric],
+        params: list[Param],
+        tags: list[RunTag],
+        deadline: float | None = None,
+    ) -> None:
+        """Store metrics, params and tags in one request."""
+        ...
+
 
 _M = TypeVar("_M", bound=Message)
 
@@ -208,19 +262,28 @@ class RestServer:
         get: bool = False,
         idempotent: bool = True,
         policy: RequestPolicy | None = None,
+        deadline: float | None = None,
     ) -> _M:
         policy = policy or self.policy
         where = describe(self.uri)
         endpoint = "/api/2.0/mlflow/" + path
         body = json.loads(message_to_json(request)) if isinstance(request, Message) else dict(request)
         started = time.monotonic()
+        # A server this process has reached is waited for through an outage, up to outage_timeout
+        # (and the caller's deadline); one never reached fails within the policy's few retries.
+        patient_until = started + policy.outage if reached(self.uri) else None
+        if patient_until is not None and deadline is not None:
+            patient_until = min(patient_until, deadline)
+        slot_budget = (
+            policy.budget() if patient_until is None else max(policy.budget(), patient_until - started)
+        )
         attempt = 0
         while True:
             attempt += 1
             failure: str
-            reached = True
+            reached_server = True
             try:
-                if not _take_slot(self.uri, started, policy.budget()):
+                if not _take_slot(self.uri, started, slot_budget):
                     waited = time.monotonic() - started
                     msg = (
                         f"the MLflow tracking server at {where} could not be reached to {action}: it "
@@ -251,19 +314,28 @@ class RestServer:
             except MlflowTrackingError:
                 raise
             except Exception as e:
-                reached, failure = _what_failed(e)
-                retry = not reached or idempotent
-            elapsed = time.monotonic() - started
-            if not retry or attempt > policy.retries:
-                error_type = TrackingRequestError if reached else TrackingServerUnreachable
-                verb = "did not" if reached else "could not be reached to"
+                reached_server, failure = _what_failed(e)
+                retry = not reached_server or idempotent
+            now = time.monotonic()
+            pause = min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF)
+            waiting = patient_until is not None and now + pause < patient_until
+            if not retry or (attempt > policy.retries and not waiting):
+                error_type = (
+                    TrackingServerUnreachable
+                    if not reached_server
+                    else TrackingServerUnanswered
+                    if retry
+                    else TrackingRequestError
+                )
+                verb = "did not" if reached_server else "could not be reached to"
+                patience = f"; outage_timeout={policy.outage:g}s" if patient_until is not None else ""
                 msg = (
                     f"the MLflow tracking server at {where} {verb} {action}: {failure} "
-                    f"after {attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f}s "
-                    f"({policy.describe()})"
+                    f"after {attempt} attempt{'s' if attempt > 1 else ''} in {now - started:.1f}s "
+                    f"({policy.describe()}{patience})"
                 )
                 raise error_type(msg)
-            time.sleep(min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
+            time.sleep(pause)
 
     def create_run(
         self, experiment_id: str, run_name: str | None, tags: Mapping[str, str], start_ms: int
@@ -299,12 +371,20 @@ class RestServer:
         request = {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
         self._call("tag the run", "runs/log-batch", request, LogBatch.Response())
 
-    def log_batch(self, run_id: str, metrics: list[Metric], params: list[Param], tags: list[RunTag]) -> None:
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[Metric],
+        params: list[Param],
+        tags: list[RunTag],
+        deadline: float | None = None,
+    ) -> None:
         """Store values MLflow's fluent calls queued, in one request; the queue's ``send``.
 
         The body is what MLflow's ``RestStore.log_batch`` sends, written out directly: building
         protobuf messages and MLflow's indented JSON costs more client CPU than the request itself.
-        Retried like a status, since the server stores a metric point given twice once.
+        Retried like a status, since the server stores a metric point given twice once. ``deadline``
+        (``time.monotonic()``) ends the wait for a server that is away sooner than ``outage_timeout``.
         """
         request = {
             "run_id": run_id,
@@ -312,7 +392,7 @@ class RestServer:
             "params": [{"key": p.key, "value": p.value} for p in params],
             "tags": [{"key": t.key, "value": t.value} for t in tags],
         }
-        self._call("store queued values", "runs/log-batch", request, LogBatch.Response())
+        self._call("store queued values", "runs/log-batch", request, LogBatch.Response(), deadline=deadline)
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
@@ -496,6 +576,19 @@ class StoreServer:
         """Set tags on an existing run."""
         self._guard(
             "tag the run", lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        )
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[Metric],
+        params: list[Param],
+        tags: list[RunTag],
+        deadline: float | None = None,
+    ) -> None:
+        """Store metrics, params and tags through ``MlflowClient`` (``deadline`` does not apply)."""
+        self._guard(
+            "store values", lambda: self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         )
 
     def search_runs(

@@ -74,7 +74,7 @@ __all__ = ["DRAIN_BUDGET", "KILL_DEADLINE", "KILL_POLICY", "install", "installed
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
-KILL_POLICY: Final = RequestPolicy(timeout=2.0, retries=1, backoff=0.25)
+KILL_POLICY: Final = RequestPolicy(timeout=2.0, retries=1, backoff=0.25, outage=0.0)
 """The limits for each ``KILLED`` request sent while the process is being stopped."""
 
 KILL_DEADLINE: Final = 5.0
