@@ -429,7 +429,7 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
         children[RESOLVED_EXPERIMENTS_KEY] = json.dumps(known, sort_keys=True)
     owned = p.action != "share"
     monitor = _system_metrics.start(run.info.run_id) if p.log_system_metrics and owned else None
-    token = _signals.register(run.info.run_id, server) if owned else None
+    token = _signals.register(run.info.run_id, server, p.journal_dir) if owned else None
     return Opened(plan=p, run=run, owned=owned, children=children, monitor=monitor, signal_token=token)
 
 

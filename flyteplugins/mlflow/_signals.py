@@ -21,7 +21,9 @@ main thread is doing. The watcher reads the pipe and, on SIGTERM,
 1. takes every registered run out of the registry (each run is claimed exactly once: by the watcher,
    by the Python handler, or by the normal finalization, never twice);
 2. sends what the plugin's queue still holds for them (``async_logging=True``), for at most
-   :data:`DRAIN_BUDGET` seconds, then marks them ``KILLED`` (unless one has ended already: a failed
+   :data:`DRAIN_BUDGET` seconds (what is still unsent then, with the ``KILLED`` status, goes to a
+   journal, named in the log: see ``_journal``; so does the status if the server is away), then
+   marks them ``KILLED`` (unless one has ended already: a failed
    rank of the same job marks rank 0's run ``FAILED`` before the launcher stops rank 0), all at
    once, in short-lived daemon threads, with a short request timeout, one retry and an overall
    deadline of :data:`KILL_DEADLINE` seconds, so a dead tracking server cannot hold the process
@@ -65,8 +67,10 @@ from typing import Final
 
 import attrs
 
-from flyteplugins.mlflow import _mlflow_state
+from flyteplugins.mlflow import _journal, _mlflow_state
 from flyteplugins.mlflow._context import env_rank
+from flyteplugins.mlflow._errors import AWAY
+from flyteplugins.mlflow._journal import Values
 from flyteplugins.mlflow._server import RequestPolicy, Server
 from mlflow.entities import RunStatus
 
@@ -89,6 +93,7 @@ class _Owned:
     run_id: str
     server: Server
     pid: int
+    journal_dir: str | None = None
 
 
 _open: dict[int, _Owned] = {}
@@ -100,14 +105,15 @@ _previous_wakeup = -1
 _killing = threading.Lock()  # held while open runs are being marked KILLED
 
 
-def register(run_id: str, server: Server) -> int:
+def register(run_id: str, server: Server, journal_dir: str | None = None) -> int:
     """Record a run this process owns, so SIGTERM marks it ``KILLED``; returns the token to unregister it.
 
-    Also installs the SIGTERM handler if this is the main thread and it is not installed yet.
+    ``journal_dir`` is where a journal goes if the server is away then (see ``_journal``). Also installs
+    the SIGTERM handler if this is the main thread and it is not installed yet.
     """
     install(0)  # a process that owns a run is the one that logs, whatever its environment says
     token = next(_tokens)
-    _open[token] = _Owned(run_id, server, os.getpid())
+    _open[token] = _Owned(run_id, server, os.getpid(), journal_dir)
     return token
 
 
@@ -221,36 +227,63 @@ def _take_all() -> list[_Owned]:
     return taken
 
 
-def _drain_queued(run_id: str) -> None:
-    """Send what the plugin's queue holds for ``run_id`` (``async_logging=True``), within DRAIN_BUDGET."""
+def _drain_queued(run_id: str) -> list[Values]:
+    """Send what the plugin's queue holds for ``run_id`` (``async_logging=True``), within DRAIN_BUDGET;
+    return what is still unsent then (its server away), taken out of the queue for the journal."""
     queued = _mlflow_state.queue()
     if queued is None:
-        return
+        return []
     sender = threading.Thread(
-        target=queued.drain, args=(run_id,), name="flyteplugins-mlflow-kill", daemon=True
+        target=queued.drain,
+        args=(run_id, time.monotonic() + DRAIN_BUDGET),
+        name="flyteplugins-mlflow-kill",
+        daemon=True,
     )
     sender.start()
-    sender.join(DRAIN_BUDGET)
-    if sender.is_alive():
+    sender.join(DRAIN_BUDGET + 0.2)
+    unsent = queued.take(run_id)
+    if unsent:
         logger.warning("SIGTERM: MLflow run %s: queued logging not stored within %ss", run_id, DRAIN_BUDGET)
+    return unsent
 
 
 def _mark_killed(owned: _Owned) -> None:
-    _drain_queued(owned.run_id)
+    killed = RunStatus.to_string(RunStatus.KILLED)
+    unsent = _drain_queued(owned.run_id)
+    reason = "its queued values could not be sent"
+    if not unsent:
+        try:
+            status = owned.server.get_run(owned.run_id, KILL_POLICY).info.status
+            if status != RunStatus.to_string(RunStatus.RUNNING):
+                logger.warning(
+                    "SIGTERM: MLflow run %s has already ended %s; left as it is", owned.run_id, status
+                )
+                return  # a failed rank marked it FAILED before the launcher stopped this one
+        except Exception as e:
+            logger.debug("SIGTERM: the status of MLflow run %s could not be read: %s", owned.run_id, e)
+        try:
+            owned.server.set_status(owned.run_id, killed, int(time.time() * 1000), KILL_POLICY)
+            logger.warning("SIGTERM: MLflow run %s marked KILLED", owned.run_id)
+            return
+        except AWAY as e:
+            reason = str(e)
+        except Exception as e:
+            logger.warning("SIGTERM: MLflow run %s could not be marked KILLED: %s", owned.run_id, e)
+            return
     try:
-        status = owned.server.get_run(owned.run_id, KILL_POLICY).info.status
-        if status != RunStatus.to_string(RunStatus.RUNNING):
-            logger.warning("SIGTERM: MLflow run %s has already ended %s; left as it is", owned.run_id, status)
-            return  # a failed rank marked it FAILED before the launcher stopped this one
-    except Exception as e:
-        logger.debug("SIGTERM: the status of MLflow run %s could not be read: %s", owned.run_id, e)
-    try:
-        owned.server.set_status(
-            owned.run_id, RunStatus.to_string(RunStatus.KILLED), int(time.time() * 1000), KILL_POLICY
+        where = _journal.write(
+            owned.server.uri, owned.run_id, unsent, killed, int(time.time() * 1000), owned.journal_dir
         )
-        logger.warning("SIGTERM: MLflow run %s marked KILLED", owned.run_id)
     except Exception as e:
-        logger.warning("SIGTERM: MLflow run %s could not be marked KILLED: %s", owned.run_id, e)
+        logger.warning("SIGTERM: MLflow run %s: no journal could be written either: %s", owned.run_id, e)
+        return
+    logger.warning(
+        "SIGTERM: MLflow run %s: the tracking server is away (%s); its unsent values and KILLED status "
+        "are in a journal. Send it once the server is back: python -m flyteplugins.mlflow replay %s",
+        owned.run_id,
+        reason,
+        where,
+    )
 
 
 def _kill_open_runs() -> None:
