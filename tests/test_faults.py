@@ -341,15 +341,17 @@ def test_warn_runs_the_body_untracked(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_server_gone_mid_task_raise_fails_the_task(running_server: MlflowServer) -> None:
-    """Under "raise", a run that cannot be finalized fails the task, naming the URI; the run is not lost."""
+    """Under "raise", a run whose server stays away past outage_timeout fails the task, naming the URI
+    and the journal that keeps its final status; the run is not lost."""
     stopper = _stop_when_started(running_server)
     with pytest.raises(flyte.errors.RuntimeUserError) as caught:
-        _run_local(outlives_server, running_server.uri)
+        _run_local(outlives_server, running_server.uri, outage_timeout=1.0)
     stopper.join(30)
-    assert caught.value.code == "TrackingServerUnreachable"
+    assert caught.value.code == "MlflowTrackingError"
     assert f"127.0.0.1:{running_server.port}" in str(caught.value)
-    assert "mark the run FINISHED" in str(caught.value)
-    assert "after 6 attempts" in str(caught.value)
+    assert "stayed away past outage_timeout=1s" in str(caught.value)
+    assert "FINISHED status, is in a journal" in str(caught.value)
+    assert "python -m flyteplugins.mlflow replay " in str(caught.value)
     running_server.start()
     run = MlflowClient(running_server.uri).get_run(_run_ids[0])
     assert run.info.status == "RUNNING"
@@ -361,12 +363,13 @@ def test_server_gone_mid_task_warn_still_returns_the_result(
     """When the server stops while the body runs, "warn" returns the result and names the URI."""
     caplog.set_level(logging.WARNING)
     stopper = _stop_when_started(running_server)
-    result = _run_local(outlives_server, running_server.uri, on_tracking_error="warn")
+    result = _run_local(outlives_server, running_server.uri, on_tracking_error="warn", outage_timeout=1.0)
     stopper.join(30)
     assert result == "trained"
     warnings = _warnings_naming(caplog, f"127.0.0.1:{running_server.port}")
     assert len(warnings) == 1
     assert f"MLflow run {_run_ids[0]} could not be marked FINISHED" in warnings[0]
+    assert "python -m flyteplugins.mlflow replay " in warnings[0]
 
 
 def test_finalize_survives_a_brief_outage(tracking_uri: str, client: MlflowClient) -> None:
