@@ -340,6 +340,34 @@ class Relay:
         self._server.server_close()
 
 
+class Silent:
+    """A loopback socket that takes every connection and never answers: a server that hangs rather
+    than refuses. Connections stay open until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.uri = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+
+    def close(self) -> None:
+        """Stop listening and drop the connections."""
+        self._sock.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
 class Recorder:
     """A loopback socket that reads each request, keeps its bytes, and hangs up without answering."""
 

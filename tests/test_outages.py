@@ -30,7 +30,7 @@ from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
 from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY
 from flyteplugins.mlflow._signals import KILL_DEADLINE
 from tests.pods import Action, make_inputs, wait_blocked
-from tests.support import CREATE, MlflowServer, Relay, free_port, own_run_id, serving
+from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
 
 env = flyte.TaskEnvironment(name="outage-tests")
 REPLAY = re.compile(r"python -m flyteplugins\.mlflow replay (\S+)")
@@ -253,6 +253,23 @@ def test_a_nested_child_started_during_a_restart_waits_and_makes_one_run(
 def never_gets_a_server() -> str:
     """Never runs: its server was never there."""
     return "trained"
+
+
+def test_a_server_never_reached_that_hangs_still_fails_fast() -> None:
+    """A tracking URI that takes connections and never answers, never having answered: the task
+    fails within 15 s (the first-contact budget of 12 s), not after three 30 s answer timeouts."""
+    silent = Silent()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as caught:
+            flyte.with_runcontext(mode="local", custom_context=mlflow_config(tracking_uri=silent.uri)).run(
+                never_gets_a_server
+            )
+    finally:
+        silent.close()
+    took = time.monotonic() - started
+    assert took < 15.0, f"{took:.1f}s"
+    assert "ReadTimeout" in str(caught.value) and "outage_timeout" not in str(caught.value)
 
 
 def test_a_server_never_reached_still_fails_fast() -> None:

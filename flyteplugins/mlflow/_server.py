@@ -94,6 +94,11 @@ jitter on each uncapped sleep but the first): 244 to 249 s before it gives up. 3
 """
 
 
+FIRST_CONTACT_BUDGET: Final = 12.0
+"""The longest one request to a server that has never answered this process may take, all attempts
+included: such a server fails fast, whether it refuses connections or takes them and hangs."""
+
+
 def reached(uri: str) -> bool:
     """Whether ``uri`` is a server this workflow has reached: it answered this process before, or a
     caller created its run there (:func:`vouch`). Such a server is waited for through an outage."""
@@ -274,6 +279,9 @@ class RestServer:
         patient_until = started + policy.outage if reached(self.uri) else None
         if patient_until is not None and deadline is not None:
             patient_until = min(patient_until, deadline)
+        # A server that has never answered this process fails within FIRST_CONTACT_BUDGET, even
+        # if it takes connections and hangs: each attempt's wait for the answer is cut to fit.
+        first_contact = started + FIRST_CONTACT_BUDGET if patient_until is None else None
         slot_budget = (
             policy.budget() if patient_until is None else max(policy.budget(), patient_until - started)
         )
@@ -292,7 +300,10 @@ class RestServer:
                     )
                     raise TrackingServerUnreachable(msg)
                 try:
-                    timeouts = (policy.timeout, policy.answer_timeout)
+                    answer = policy.answer_timeout
+                    if first_contact is not None:
+                        answer = max(0.1, min(answer, first_contact - time.monotonic()))
+                    timeouts = (policy.timeout, answer)
                     reply = send(self.uri, endpoint, "GET" if get else "POST", body, timeouts)
                 finally:
                     _SLOTS.release()
@@ -319,7 +330,8 @@ class RestServer:
             now = time.monotonic()
             pause = min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF)
             waiting = patient_until is not None and now + pause < patient_until
-            if not retry or (attempt > policy.retries and not waiting):
+            too_late = first_contact is not None and now + pause >= first_contact
+            if not retry or too_late or (attempt > policy.retries and not waiting):
                 error_type = (
                     TrackingServerUnreachable
                     if not reached_server
