@@ -206,6 +206,9 @@ ROUND_TRIPS: list[dict[str, Any]] = [
     {"on_retry": "resume"},
     {"async_logging": True},
     {"request_timeout": 2.5, "request_retries": 0},
+    {"outage_timeout": 0.0},
+    {"outage_timeout": 1e-3},
+    {"outage_timeout": 900.0},
     {"description": "first try", "log_system_metrics": True},
     {"report": True, "report_metric": "val/rmse", "report_goal": "maximize"},
     {"report_metric": "2024"},
@@ -291,6 +294,9 @@ def test_foreign_keys_are_ignored_next_to_settings() -> None:
         ("mlflow_on_retry", "restart"),
         ("mlflow_request_timeout", "soon"),
         ("mlflow_request_retries", "2.5"),
+        ("mlflow_outage_timeout", "forever"),
+        ("mlflow_outage_timeout", "-1"),
+        ("mlflow_outage_timeout", "inf"),
         ("mlflow_report", "yes"),
         ("mlflow_report_goal", "lowest"),
     ],
@@ -363,12 +369,24 @@ def test_run_name_and_id_conflict(build: Any) -> None:
         ("autolog_kwargs", ["x"]),
         ("link_host", b"http://x"),
         ("request_timeout", "2"),
+        ("outage_timeout", "300"),
+        ("outage_timeout", True),
     ],
 )
 def test_wrong_type_names_the_field(build: Any, field: str, value: object) -> None:
     """A setting of the wrong type is a TypeError naming the field."""
     with pytest.raises(TypeError, match=field):
         build(**{field: value})
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+@pytest.mark.parametrize("value", [-1.0, -0.5, float("inf"), float("nan")])
+def test_an_outage_timeout_must_be_finite_and_not_negative(build: Any, value: float) -> None:
+    """``outage_timeout`` is refused below 0 and when not finite, with its name and value; 0 is allowed."""
+    with pytest.raises(ValueError, match="outage_timeout") as info:
+        build(outage_timeout=value)
+    assert repr(value) in str(info.value)
+    assert build(outage_timeout=0) is not None
 
 
 @pytest.mark.parametrize("value", ["0", 0.0, True])

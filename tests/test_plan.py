@@ -93,6 +93,19 @@ def test_a_request_timeout_bounds_connecting_and_answering() -> None:
     assert (retried.policy.timeout, retried.policy.answer_timeout, retried.policy.retries) == (4.0, 30.0, 1)
 
 
+def test_outage_timeout_comes_from_the_tracker_then_the_context() -> None:
+    """``outage_timeout`` sets how long a reached server is waited for: the tracker's, else the
+    context's, else 300 s; 0 on the tracker wins over the context's value."""
+    default = plan(MlflowRun(), None, TaskSnapshot(), URI)
+    assert default is not None and default.policy.outage == 300.0
+    ctx = TaskSnapshot(config=MlflowConfig(outage_timeout=60.0))
+    from_context = plan(MlflowRun(), None, ctx, URI)
+    assert from_context is not None and from_context.policy.outage == 60.0
+    own = plan(MlflowRun(outage_timeout=0), None, ctx, URI)
+    assert own is not None and own.policy.outage == 0.0
+    assert own.policy.for_finalize().outage == 0.0
+
+
 @pytest.mark.parametrize(
     ("variables", "expected"),
     [

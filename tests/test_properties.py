@@ -117,6 +117,7 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
         st.floats(min_value=0, exclude_min=True, allow_infinity=False) | st.integers(1, 3600),
     )
     maybe("request_retries", st.integers(0, 10))
+    maybe("outage_timeout", st.floats(min_value=0, allow_infinity=False) | st.integers(0, 86400))
     maybe("report", st.booleans())
     maybe("report_metric", st.from_regex(r"[\w./ :-]{1,30}", fullmatch=True))
     maybe("report_goal", st.sampled_from([None, *ReportGoal, "minimize", "maximize"]))

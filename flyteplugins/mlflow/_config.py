@@ -427,9 +427,13 @@ def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: ob
 
 
 def _outage_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
-        return  # 0: never wait for a server that is away
-    _positive_float(instance, attribute, value)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _positive_float(instance, attribute, value)  # its TypeError
+    elif not (math.isfinite(value) and value >= 0):  # 0 means "never wait"
+        msg = f"{attribute.name} must be a finite number of seconds, 0 or more, got {value!r}"
+        raise ValueError(msg)
 
 
 def _retries(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
