@@ -27,6 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
+from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY
 from flyteplugins.mlflow._signals import KILL_DEADLINE
 from tests.pods import Action, make_inputs, wait_blocked
@@ -243,6 +244,33 @@ def test_a_nested_child_started_during_a_restart_waits_and_makes_one_run(
     assert child.data.tags["mlflow.parentRunId"] == ids["parent"]
     assert child.data.params == {"x": "0.5"}
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_child_pod_started_during_a_restart_waits_for_its_callers_server(
+    tmp_path: Path, outages: Outages, where: tuple[MlflowClient, str]
+) -> None:
+    """A nested child in a pod of its own (Flyte's task runner in a fresh process, which has never
+    had an answer from the server) starts while the server is away: its context carries the run its
+    caller created there, so it waits for the server instead of failing in 1.5 s, and creates its
+    run once, under the caller's."""
+    client, experiment_id = where
+    parent = client.create_run(experiment_id).info.run_id
+    settings = {
+        **dict(context(outages.server, experiment_id)),
+        PARENT_RUN_KEY: parent,
+        PARENT_EXPERIMENT_KEY: experiment_id,
+    }
+    action = Action(tmp_path, "nested_child", make_inputs("nested_child", settings, value=0.25))
+    outages.stop_for(4.0)
+    proc = action.start(0)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and not action.failed(), out.decode(errors="replace")[-3000:]
+    children = [r for r in client.search_runs([experiment_id]) if r.info.run_id != parent]
+    assert len(children) == 1
+    (child,) = children
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.metrics == {"remote_nested": 0.25}
+    assert child.info.status == "FINISHED"
 
 
 # --- a server never reached ---------------------------------------------------------------------
