@@ -8,7 +8,9 @@ such as resolved experiment names, start empty), against the server started here
 * (c) ``async_logging``: 2,000 metrics behind 5 ms of latency, synchronous vs ``async_logging``;
 * (d) ``history``: requests and overhead per task with 10 vs 10,000 runs in the experiment;
 * (e) ``sigterm``: the time from SIGTERM to exit of a pod blocked in native code, with and without the plugin;
-* (f) ``epoch_logging``: parallel trials logging every epoch, untracked vs synchronous vs ``async_logging``.
+* (f) ``epoch_logging``: parallel trials logging every epoch, untracked vs synchronous vs ``async_logging``;
+* (g) ``outage``: a 20 s restart of the tracking server in the middle of a queued 16-trial study, against
+  the same study with no outage (on a server of its own, which it stops and starts again).
 
 Each scenario can also run alone: ``python -m bench.parallel_trials`` starts its own server.
 """
@@ -29,7 +31,15 @@ if str(ROOT) not in sys.path:  # run as ``python bench/run_all.py``: make ``benc
 
 from bench._support import start_server  # noqa: E402
 
-SCENARIOS = ("requests_per_task", "parallel_trials", "async_logging", "history", "sigterm", "epoch_logging")
+SCENARIOS = (
+    "requests_per_task",
+    "parallel_trials",
+    "async_logging",
+    "history",
+    "sigterm",
+    "epoch_logging",
+    "outage",
+)
 
 
 def main() -> int:
