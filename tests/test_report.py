@@ -577,6 +577,7 @@ def test_failing_read_back(
             on_tracking_error=policy,  # type: ignore[arg-type]
             request_retries=0,
             request_timeout=2,
+            outage_timeout=0,  # a server that hangs up on reads is otherwise waited for, as an outage
             report=True,
         )
         if policy == "warn":
