@@ -352,13 +352,16 @@ class Silent:
         self.connections: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
+    def _take(self, conn: socket.socket) -> None:
+        self.connections.append(conn)
+
     def _serve(self) -> None:
         while True:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            self.connections.append(conn)
+            self._take(conn)
 
     def close(self) -> None:
         """Stop listening and drop the connections."""
@@ -368,30 +371,17 @@ class Silent:
                 conn.close()
 
 
-class Recorder:
+class Recorder(Silent):
     """A loopback socket that reads each request, keeps its bytes, and hangs up without answering."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.uri = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self.received: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                self.received.append(_read_request(conn))
-
-    def close(self) -> None:
-        """Stop listening."""
-        self._sock.close()
+    def _take(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            self.received.append(_read_request(conn))
 
 
 def _read_request(conn: socket.socket) -> bytes:

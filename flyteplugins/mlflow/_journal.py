@@ -55,9 +55,10 @@ logger = logging.getLogger("flyteplugins.mlflow")
 
 FORMAT: Final = "flyteplugins-mlflow-journal/1"
 FOLDER: Final = "mlflow-journal"
-_MAX_ENTITIES: Final = 1000
-_MAX_PARAMS: Final = 100
-_MAX_TAGS: Final = 100
+# What one log-batch request may carry (MLflow's MAX_ENTITIES_PER_BATCH and its params/tags limits).
+MAX_ENTITIES: Final = 1000
+MAX_PARAMS: Final = 100
+MAX_TAGS: Final = 100
 
 Values = tuple[list[Metric], list[Param], list[RunTag]]
 """One logging call's values: metrics, params and tags."""
@@ -209,9 +210,9 @@ def _requests(batches: Iterable[Values]) -> Iterator[Values]:
         size = len(metrics) + len(params) + len(tags)
         keys = {x.key for x in p}, {x.key for x in t}
         full = (
-            size + len(m) + len(p) + len(t) > _MAX_ENTITIES
-            or len(params) + len(p) > _MAX_PARAMS
-            or len(tags) + len(t) > _MAX_TAGS
+            size + len(m) + len(p) + len(t) > MAX_ENTITIES
+            or len(params) + len(p) > MAX_PARAMS
+            or len(tags) + len(t) > MAX_TAGS
             or not keys[0].isdisjoint(x.key for x in params)
             or not keys[1].isdisjoint(x.key for x in tags)
         )

@@ -46,7 +46,14 @@ from collections.abc import Callable, Iterable
 from typing import IO, Final
 
 from flyteplugins.mlflow._errors import AWAY
-from flyteplugins.mlflow._journal import Values, values_from_json, values_json
+from flyteplugins.mlflow._journal import (
+    MAX_ENTITIES,
+    MAX_PARAMS,
+    MAX_TAGS,
+    Values,
+    values_from_json,
+    values_json,
+)
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS
 from mlflow.utils.async_logging.run_operations import RunOperations
@@ -62,10 +69,6 @@ LIMIT: Final = 100_000
 """The most values (metrics, params and tags) a queue holds in memory; past it they go to disk."""
 
 DEFAULT_INTERVAL: Final = 1.0
-# What one log-batch request may carry (MLflow's MAX_ENTITIES_PER_BATCH and its params/tags limits).
-_MAX_ENTITIES: Final = 1000
-_MAX_PARAMS: Final = 100
-_MAX_TAGS: Final = 100
 
 Send = Callable[..., None]  # the store's log_batch(run_id=, metrics=, params=, tags=[, deadline=])
 
@@ -231,7 +234,7 @@ class RunQueue:
             run.size += entry.size
             self._held += entry.held
             self.high_water = max(self.high_water, self._held)
-            if len(run.entries) == 1 or run.size >= _MAX_ENTITIES:
+            if len(run.entries) == 1 or run.size >= MAX_ENTITIES:
                 self._cond.notify_all()
         return RunOperations([entry])
 
@@ -387,9 +390,9 @@ class RunQueue:
                     loaded = self._values(entry)
                     keys = {p.key for p in loaded[1]}, {t.key for t in loaded[2]}
                 if taken and (
-                    size + entry.size > _MAX_ENTITIES
-                    or len(params) + len(keys[0]) > _MAX_PARAMS
-                    or len(tags) + len(keys[1]) > _MAX_TAGS
+                    size + entry.size > MAX_ENTITIES
+                    or len(params) + len(keys[0]) > MAX_PARAMS
+                    or len(tags) + len(keys[1]) > MAX_TAGS
                     # A key twice in one request is refused (params) or ambiguous (tags): as separate
                     # calls they are stored one after the other, so they go in separate requests.
                     or not params.isdisjoint(keys[0])
@@ -458,7 +461,7 @@ class RunQueue:
             at = max(run.entries[0].queued + wait, run.retry_at)
             if run.retry_at > now:  # its server is away: try again after the backoff
                 soonest = at - now if soonest is None else min(soonest, at - now)
-            elif self._pressed or at <= now or run.size >= _MAX_ENTITIES:
+            elif self._pressed or at <= now or run.size >= MAX_ENTITIES:
                 due.append((run_id, run))
             else:
                 soonest = at - now if soonest is None else min(soonest, at - now)
