@@ -24,11 +24,13 @@ from typing import Any
 import flyte
 import mlflow
 import pytest
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
-from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY
+from flyteplugins.mlflow._queue import RunQueue
+from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY, RestServer, server_for
 from flyteplugins.mlflow._signals import KILL_DEADLINE
 from tests.pods import Action, make_inputs, wait_blocked
 from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
@@ -203,6 +205,34 @@ def test_a_restart_across_the_end_with_queued_values(
     run_id = run.outputs()[0]
     assert steps(client, run_id, "acc") == list(range(200))
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_flush_while_the_server_is_away_keeps_the_values(
+    outage_server: MlflowServer, where: tuple[MlflowClient, str]
+) -> None:
+    """While a reached server drops every log-batch, ``flush`` (``mlflow.flush_async_logging``)
+    returns with the values still queued, not lost; once it takes them again, a drain stores each
+    once, in order."""
+    client, experiment_id = where
+    run_id = client.create_run(experiment_id).info.run_id
+    away = [True]
+    relay = Relay(outage_server.uri, before=lambda method, path: not (away[0] and path.endswith("log-batch")))
+    try:
+        server = server_for(relay.uri)
+        server.get_run(run_id)  # reached: it has answered this process
+        assert isinstance(server, RestServer)
+        queue = RunQueue(server.log_batch)
+        for i in range(50):
+            queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 1_700_000_000_000 + i, i)])
+        queue.flush()
+        assert queue.held() == 50, "kept while the server is away"
+        away[0] = False
+        assert queue.drain(run_id) == []
+        assert queue.held() == 0
+        queue.close()
+    finally:
+        relay.close()
+    assert steps(client, run_id, "m") == list(range(50))
 
 
 # --- a nested child that starts during the restart ----------------------------------------------
