@@ -27,7 +27,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
+from flyteplugins.mlflow import MlflowConfig, _journal, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY, RestServer, server_for
@@ -422,6 +422,27 @@ def test_past_outage_timeout_a_journal_keeps_everything_and_replays_exactly_once
         stored = client.get_run(run_id)
         assert stored.info.status == "FINISHED"
         assert stored.data.params == {"lr": "0.1"}
+
+
+def test_a_journal_under_a_remote_prefix_goes_through_flytes_storage(
+    outage_server: MlflowServer, where: tuple[MlflowClient, str]
+) -> None:
+    """Under a raw-data prefix in a store (fsspec's in-memory store stands in for S3 here: the same
+    ``flyte.storage`` calls), the journal is uploaded there, and replay reads it back from there:
+    every point once, twice over, and the status."""
+    client, experiment_id = where
+    run_id = client.create_run(experiment_id).info.run_id
+    batches = [([Metric("loss", float(i), 1_700_000_000_000 + i, i)], [], []) for i in range(30)]
+    location = _journal.write(
+        outage_server.uri, run_id, batches, "FINISHED", 1_700_000_000_999, "memory://bucket/raw"
+    )
+    assert location == f"memory://bucket/raw/mlflow-journal/{run_id}-1700000000999.jsonl"
+    for _ in range(2):
+        done = _journal.replay(location)
+        assert (done.points, done.requests, done.status) == (30, 2, "FINISHED")
+        assert steps(client, run_id, "loss") == list(range(30))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).info.end_time == 1_700_000_000_999
 
 
 def test_the_replay_command_has_help() -> None:
