@@ -432,7 +432,9 @@ def test_a_journal_under_a_remote_prefix_goes_through_flytes_storage(
     every point once, twice over, and the status."""
     client, experiment_id = where
     run_id = client.create_run(experiment_id).info.run_id
-    batches = [([Metric("loss", float(i), 1_700_000_000_000 + i, i)], [], []) for i in range(30)]
+    batches: list[_journal.Values] = [
+        ([Metric("loss", float(i), 1_700_000_000_000 + i, i)], [], []) for i in range(30)
+    ]
     location = _journal.write(
         outage_server.uri, run_id, batches, "FINISHED", 1_700_000_000_999, "memory://bucket/raw"
     )
