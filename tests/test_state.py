@@ -173,7 +173,9 @@ def _wrong_fits(client: MlflowClient, experiment_id: str, run_ids: list[str], st
         )
         want = (str(float(i + 1)), False, True, ["model"])
         if got != want:
-            problems.append(f"trial {i}: run {run_id} holds (C, bare C, metric, models) {got}, expected {want}")
+            problems.append(
+                f"trial {i}: run {run_id} holds (C, bare C, metric, models) {got}, expected {want}"
+            )
     return problems
 
 
@@ -183,7 +185,11 @@ def _wrong_fits(client: MlflowClient, experiment_id: str, run_ids: list[str], st
 def test_last_logged_model_is_each_trials_own(ctx: Any) -> None:
     """mlflow.last_logged_model() in each of 6 parallel trials is the model that trial logged."""
     pairs: list[list[str]] = _run(last_model_study, ctx, TRIALS)
-    wrong = [f"trial {i}: logged {own}, last_logged_model {last}" for i, (own, last) in enumerate(pairs) if own != last]
+    wrong = [
+        f"trial {i}: logged {own}, last_logged_model {last}"
+        for i, (own, last) in enumerate(pairs)
+        if own != last
+    ]
     assert len({own for own, _ in pairs}) == TRIALS
     assert wrong == [], f"{len(wrong)} of {TRIALS} trials saw another trial's model: {wrong}"
 
@@ -218,7 +224,7 @@ def _mlflow_objects() -> dict[str, object]:
     return {
         "fluent._last_active_run_id": fluent._last_active_run_id,
         "fluent._last_logged_model_id": fluent._last_logged_model_id,
-        "model._last_logged_model_id": mlflow.models.model._last_logged_model_id,
+        "model._last_logged_model_id": vars(mlflow.models.model)["_last_logged_model_id"],
         "fluent._ACTIVE_MODEL_CONTEXT": fluent._ACTIVE_MODEL_CONTEXT,
         "safety._AutologgingSessionManager": safety._AutologgingSessionManager,
         "_SklearnTrainingSession._session_stack": _SklearnTrainingSession.__dict__["_session_stack"],
@@ -228,7 +234,7 @@ def _mlflow_objects() -> dict[str, object]:
 def test_mlflow_state_is_its_own_again_after_the_last_task(
     ctx: Any, tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
-    """After the last tracked task, MLflow's state objects are its own, and an untracked fit behaves as without the plugin."""
+    """After the last tracked task MLflow's state objects are its own; an untracked fit works as usual."""
     from mlflow.sklearn import _SklearnTrainingSession
 
     before = _mlflow_objects()

@@ -8,8 +8,8 @@ The work is split so that the decision is a pure function and the network calls 
 2. :func:`begin` carries the plan out: at most one request to create a run (with all its tags), none
    to share a run that lives in this process, one to fetch a shared run from another process.
    Experiment names are resolved once per process and tracking URI, and passed on to children.
-3. :func:`bound` makes the run the active run of the calling context only (see
-   :mod:`flyteplugins.mlflow._runstack`) and tells the tasks called inside it about the run.
+3. :func:`bound` makes the run, and MLflow's other per-thread state, the calling context's own (see
+   :mod:`~flyteplugins.mlflow._runstack`, :mod:`~flyteplugins.mlflow._state`), and tells children.
 4. :func:`end` sets the run's final status, ``FINISHED``, ``FAILED`` or ``KILLED``, in one request,
    retried harder than other calls. A shared run is never ended. Whatever MLflow's asynchronous
    logging still holds (``async_logging=True``) is sent first, so the status comes last. A
@@ -48,6 +48,7 @@ from flyteplugins.mlflow import (
     _retries,
     _runstack,
     _signals,
+    _state,
     _sweep,
     _system_metrics,
 )
@@ -439,12 +440,11 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
 @contextlib.contextmanager
 def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
     """Make ``opened.run`` the active run of this context, and announce it to the tasks called inside."""
-    runs = [opened.run]
-    owner = current_task()
+    runs, owner = [opened.run], current_task()
     stack_token = _runstack.bind(runs, owner)
     run_token = _CURRENT.set((opened.run, owner))
     try:
-        with children_scope(opened.children):
+        with children_scope(opened.children), _state.kept(owner):
             yield runs
     finally:
         _CURRENT.reset(run_token)

@@ -41,7 +41,7 @@ from mlflow.tracking import fluent
 from mlflow.tracking.fluent import ActiveRun
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-__all__ = ["ContextLocalRunStack", "bind", "bound", "set_owner_probe", "unbind"]
+__all__ = ["ContextLocalRunStack", "bind", "bound", "owner", "set_owner_probe", "unbind"]
 
 
 class _Binding(NamedTuple):
@@ -65,6 +65,11 @@ def set_owner_probe(probe: Callable[[], object]) -> None:
     """Set the function that names the current owner (the running Flyte task) for :func:`bind`."""
     global _owner_probe
     _owner_probe = probe
+
+
+def owner() -> object:
+    """The current owner (the running Flyte task) as the owner probe names it; ``None`` without one."""
+    return _owner_probe()
 
 
 class ContextLocalRunStack:
