@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -27,7 +28,7 @@ from mlflow.utils import autologging_utils
 from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, safety
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-from flyteplugins.mlflow import mlflow_config, mlflow_run
+from flyteplugins.mlflow import _state, mlflow_config, mlflow_run
 from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="state-tests")
@@ -273,3 +274,37 @@ def test_mlflow_state_is_its_own_again_after_the_last_task(
         fluent._last_active_run_id.set(None)
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_untracked_code_uses_mlflows_own_state_while_a_call_is_kept() -> None:
+    """Inside a kept call values are its own; another thread, untracked, reads and writes MLflow's own."""
+    seen: list[object] = []
+
+    def untracked() -> None:
+        seen.append(fluent._last_logged_model_id.get())
+        fluent._last_logged_model_id.set("theirs")
+        seen.append(type(fluent._last_logged_model_id).__name__)
+
+    with _state.kept(None):
+        assert _state.installed()
+        fluent._last_logged_model_id.set("ours")
+        worker = threading.Thread(target=untracked)
+        worker.start()
+        worker.join()
+        assert fluent._last_logged_model_id.get() == "ours"
+    assert not _state.installed()
+    assert seen == [None, "ContextLocalVariable"]
+    assert fluent._last_logged_model_id.get() is None, "the kept value went with its call"
+
+
+def test_changed_mlflow_internals_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If MLflow no longer keeps a piece of state as expected, the check fails naming the MLflow version."""
+    monkeypatch.setattr(fluent, "_last_active_run_id", None)
+    with pytest.raises(RuntimeError, match=f"mlflow {mlflow.__version__}.*_last_active_run_id"):
+        _state._check()
+    with pytest.raises(RuntimeError, match="_last_active_run_id"), _state.kept(None):
+        pass
+    assert not _state.installed()
+    monkeypatch.undo()
+    assert type(fluent._last_logged_model_id) is ThreadLocalVariable, "nothing was left half-installed"
+    assert safety._AutologgingSessionManager is _state.ContextLocalSessionManager._fallback
