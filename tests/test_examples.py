@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,30 @@ if str(REPO) not in sys.path:  # the editable install already puts it there; a p
     sys.path.insert(0, str(REPO))
 
 from examples import hpo, quickstart, sklearn_autolog, with_secrets  # noqa: E402
-from tests.support import AuthServer, Team  # noqa: E402
+from tests.support import AuthServer, MlflowServer, Team, free_port, serving  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID = r"[0-9a-f]{32}"
+MODEL_ID = r"m-[0-9a-f]{32}"
+
+
+class ArtifactServer(MlflowServer):
+    """``mlflow server --serve-artifacts``: clients upload and download artifacts through the server.
+
+    New experiments get ``mlflow-artifacts:/`` as their artifact root (given after the base class's
+    local ``--default-artifact-root``, so it wins), and the server keeps the files in ``served/``.
+    """
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.served = root / "served"
+        app = ("--serve-artifacts", "--artifacts-destination", str(self.served))
+        super().__init__(root, port, app=(*app, "--default-artifact-root", "mlflow-artifacts:/"))
+
+
+@pytest.fixture(scope="module")
+def artifact_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtifactServer]:
+    """A tracking server of its own that serves artifacts, for the examples that store models."""
+    yield from serving(ArtifactServer(tmp_path_factory.mktemp("mlflow-artifact-server"), free_port()))
 
 
 def _script_env(**extra: str) -> dict[str, str]:
@@ -224,3 +246,60 @@ def test_secrets_example_logs_in_with_the_variables_its_secrets_become(
     printed = " ".join((refused.stdout + refused.stderr).split())  # Flyte's console wraps long lines
     assert "HTTP 401" in printed
     assert "No credentials were sent: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in printed
+
+
+def test_register_best_registers_the_best_trials_model_and_the_downstream_task_loads_it(
+    artifact_server: ArtifactServer, tmp_path: Path
+) -> None:
+    """``examples/register_best.py URI NAME`` against a server with ``--serve-artifacts``: every parallel
+    trial's ``last_logged_model()`` is the model logged in its own run, the alias ``champion`` points at
+    a version made from the lowest-RMSE trial's model, and the downstream task loaded that version."""
+    name = f"register-best-{uuid.uuid4().hex[:8]}"
+    out = _run_script("register_best.py", artifact_server.uri, name, cwd=tmp_path)
+    client = MlflowClient(artifact_server.uri)
+
+    (study_id,) = re.findall(rf"^Study run ({RUN_ID})", out, re.MULTILINE)
+    trials = [
+        (float(rmse), model_id)
+        for rmse, model_id in re.findall(rf"^\s+rmse=\s*([0-9.]+)\s+model ({MODEL_ID})", out, re.MULTILINE)
+    ]
+    assert len(trials) == 8, out
+    ((version, registered_from),) = re.findall(
+        rf"^Registered '{re.escape(name)}' version (\d+) from ({MODEL_ID}) as 'champion'$", out, re.MULTILINE
+    )
+    ((downstream_id, loaded_version, loaded_model, downstream_rmse),) = re.findall(
+        rf"^Downstream run ({RUN_ID}) loaded models:/{re.escape(name)}@champion "
+        rf"\(version (\d+), model ({MODEL_ID})\): rmse=([0-9.]+) on 111 rows$",
+        out,
+        re.MULTILINE,
+    )
+
+    study = client.get_run(study_id)
+    trial_runs = {r.info.run_id: r for r in _children(client, study)}
+    assert len(trial_runs) == 8
+    # Each trial's model, as last_logged_model() gave it, was logged in that trial's own run.
+    sources = {client.get_logged_model(model_id).source_run_id: rmse for rmse, model_id in trials}
+    assert set(sources) == set(trial_runs), "a trial read back another trial's model"
+    for run_id, rmse in sources.items():
+        assert trial_runs[run_id].data.metrics["rmse"] == pytest.approx(rmse, abs=1e-3)
+        assert trial_runs[run_id].info.status == "FINISHED"
+
+    best_rmse, best_model = min(trials)
+    assert registered_from == best_model
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == version == loaded_version
+    assert champion.source == f"models:/{best_model}"
+    assert champion.run_id == client.get_logged_model(best_model).source_run_id
+    assert study.data.tags["best_model_id"] == best_model
+
+    downstream = client.get_run(downstream_id)
+    assert downstream.info.status == "FINISHED"
+    assert loaded_model == best_model
+    assert float(downstream_rmse) == pytest.approx(best_rmse, abs=1e-3)
+    assert downstream.data.metrics["champion_rmse"] == pytest.approx(best_rmse, abs=1e-3)
+    assert downstream.data.params["model_uri"] == f"models:/{name}@champion"
+
+    # The model files went through the server: they are in its artifact store, under the model's id.
+    experiment = client.get_experiment(study.info.experiment_id)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    assert list(artifact_server.served.rglob(f"{best_model}/artifacts/MLmodel")), "model not served"
