@@ -53,7 +53,8 @@ ALIAS = "champion"
 # Given explicitly, so that logging a model does not run MLflow's slow requirement inference.
 PIP_REQUIREMENTS = [f"scikit-learn=={sklearn.__version__}"]
 # MLflow stores scikit-learn models with skops, which loads only the types it is told to trust. A
-# decision tree needs its node storage; these are our own models, so we trust it.
+# decision tree needs its node storage; these are our own models, so we trust it. The list is stored
+# with the model, so load_model downstream needs no arguments.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 env = flyte.TaskEnvironment(name="mlflow-register-best")
