@@ -149,6 +149,20 @@ def blocks_in_gloo_sync(port: int, rank: int) -> str:
     return _announce_then_block_in_gloo(port, rank)  # in Flyte's worker thread
 
 
+@mlflow_run(run_mode="nested")
+@env.task
+async def model_child(value: float) -> str:
+    """Log a tiny sklearn model by hand; return its LoggedModel id."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1]]), np.array([0, 1, 0, 1])
+    model = LogisticRegression(max_iter=100, C=value).fit(features, labels)
+    info = mlflow.sklearn.log_model(model, name="remote-model", pip_requirements=["scikit-learn"])
+    return str(info.model_id)
+
+
 def main(argv: list[str]) -> int:
     """Run one task of this module as a remote action would (see ``pod_runner``)."""
     return pod_runner.run(__name__, argv)

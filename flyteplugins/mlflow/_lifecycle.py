@@ -43,6 +43,7 @@ from flyteplugins.mlflow import (
     _backlink,
     _journal,
     _mlflow_state,
+    _provenance,
     _ranks,
     _report,
     _retries,
@@ -359,9 +360,7 @@ def _experiment_id(server: Server, name: str, known: Mapping[str, str]) -> str:
 @functools.lru_cache(maxsize=1)
 def _source_tags() -> Mapping[str, str]:
     """MLflow's default run tags (user, source, git commit), worked out once per process."""
-    from mlflow.tracking.context import registry
-
-    return {k: str(v) for k, v in registry.resolve_tags({}).items()}
+    return {k: str(v) for k, v in _provenance.context_tags().items()}
 
 
 def _now_ms() -> int:
@@ -444,7 +443,7 @@ def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
     stack_token = _runstack.bind(runs, owner)
     run_token = _CURRENT.set((opened.run, owner))
     try:
-        with children_scope(opened.children), _state.kept(owner):
+        with children_scope(opened.children), _state.kept(owner), _provenance.tagged(opened.plan.tags, owner):
             yield runs
     finally:
         _CURRENT.reset(run_token)
