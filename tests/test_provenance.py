@@ -130,7 +130,7 @@ def ctx(tracking_uri: str, experiment: tuple[str, str]) -> Any:
 
 
 def test_model_logged_by_hand_carries_the_tasks_provenance(ctx: Any, client: MlflowClient) -> None:
-    """mlflow.sklearn.log_model in a tracked task makes a LoggedModel tagged with the task's run and action."""
+    """log_model by hand in a tracked task makes a LoggedModel tagged with the task's run and action."""
     before = list(registry._run_context_provider_registry)
     out = _run(logs_by_hand, ctx)
     assert out["installed"] is True
@@ -216,7 +216,7 @@ def test_run_started_by_hand_inside_a_task_gets_the_provenance(ctx: Any, client:
 
 
 def test_source_tags_never_hold_a_tasks_provenance(ctx: Any) -> None:
-    """The plugin's once-per-process default run tags, worked out inside a tracked scope, hold no flyte.* tag."""
+    """The plugin's once-per-process default run tags, resolved in a tracked scope, hold no flyte.* tag."""
     out = _run(resolves_source_tags_inside_a_tracked_scope, ctx)
     assert out["mlflow"] == out["task"], "MLflow's own resolve_tags sees the provenance here"
     assert out["source"] == {}
@@ -233,7 +233,9 @@ def test_changed_registry_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
         pass
     assert not _provenance.installed()
     monkeypatch.undo()
-    assert not any(isinstance(p, _provenance.FlyteProvenance) for p in registry._run_context_provider_registry)
+    assert not any(
+        isinstance(p, _provenance.FlyteProvenance) for p in registry._run_context_provider_registry
+    )
 
 
 def test_nothing_is_installed_without_provenance() -> None:
@@ -250,7 +252,7 @@ def test_remote_task_model_has_project_domain_and_url(
     client: MlflowClient,
     experiment: tuple[str, str],
 ) -> None:
-    """A model logged in a task run as a pod runs it has its project, domain, run, action and console address."""
+    """A model logged in a task run as a pod has its project, domain, run, action and console address."""
     result = _run_parent("model_child", tmp_path, server.uri, experiment[1], 0.5, flyte_console_url=CONSOLE)
     run_name, action = result["flyte_run_name"], result["flyte_action"]
     model = client.get_logged_model(result["child_output"])

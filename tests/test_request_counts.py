@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -621,3 +622,64 @@ def test_a_cancelled_queued_logging_task_stores_everything_then_ends_killed(
     assert seen == [CREATE, CREATE, LOG_BATCH, UPDATE, UPDATE, SEARCH]
     assert client.get_run(str(run_id)).info.status == "KILLED"
     assert sorted(m.step for m in client.get_metric_history(str(run_id), "queued")) == list(range(500))
+
+
+# --- a logged model's Flyte provenance -----------------------------------------------------------
+
+LOGGED_MODELS: Final = "/api/2.0/mlflow/logged-models"
+_model_server: list[MlflowServer] = []
+
+
+def _model_requests(server: MlflowServer) -> tuple[str, list[tuple[str, str]]]:
+    """Log a tiny sklearn model in the active run; return its id and the requests it cost (ids elided)."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=100).fit(
+        np.array([[0.0], [1.0], [0.1], [0.9]]), np.array([0, 1, 0, 1])
+    )
+    mark = server.mark()
+    info = mlflow.sklearn.log_model(model, name="counted", pip_requirements=["scikit-learn"])
+    seen = [(m, p.replace(str(info.model_id), "{id}")) for m, p in server.requests(mark)]
+    return str(info.model_id), seen
+
+
+@mlflow_run
+@env.task
+def logs_a_model() -> str:
+    model_id, seen = _model_requests(_model_server[0])
+    return json.dumps([model_id, seen])
+
+
+def test_logged_model_provenance_costs_no_request(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Logging a model in a tracked task sends exactly the requests of the same log_model in a run started
+    by hand: the Flyte provenance tags ride on MLflow's own create request."""
+    _model_server.append(mlflow_server)
+    try:
+        config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+        tracked_id, tracked = json.loads(str(run_local(config, logs_a_model)))
+    finally:
+        _model_server.clear()
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment[1]):
+            plain_id, plain = _model_requests(mlflow_server)
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert [tuple(r) for r in tracked] == plain
+    one_model = f"{LOGGED_MODELS}/{{id}}"
+    assert plain == [  # MLflow's own: the model is created once, with every tag, and finalized once
+        GET_RUN,
+        ("POST", LOGGED_MODELS),
+        ("POST", "/api/2.0/mlflow/runs/outputs"),
+        GET_RUN,
+        ("GET", one_model),
+        ("PATCH", one_model),
+    ]
+    tagged = client.get_logged_model(str(tracked_id)).tags
+    assert tagged["flyte.action_name"] and tagged["flyte.run_name"]
+    assert not any(k.startswith("flyte.") for k in client.get_logged_model(plain_id).tags)
