@@ -20,7 +20,7 @@ import mlflow.sklearn
 import numpy as np
 import pytest
 from flyte.extend import TaskTemplate
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient, fluent
 from mlflow.tracking.context import registry
 
 from flyteplugins.mlflow import _lifecycle, _provenance, get_mlflow_run, mlflow_config, mlflow_run
@@ -204,6 +204,8 @@ def test_model_logged_after_the_last_task_gets_none(
         with mlflow.start_run(experiment_id=experiment[1]):
             model_id = _log_model("after")
     finally:
+        fluent._last_logged_model_id.set(None)  # MLflow's own thread-locals, as other tests expect them
+        fluent._last_active_run_id.set(None)
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert _provenance_of(client.get_logged_model(model_id).tags) == {}

@@ -26,7 +26,7 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.tracking.rest_store import RestStore
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient, fluent
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
@@ -668,6 +668,8 @@ def test_logged_model_provenance_costs_no_request(
         with mlflow.start_run(experiment_id=experiment[1]):
             plain_id, plain = _model_requests(mlflow_server)
     finally:
+        fluent._last_logged_model_id.set(None)  # MLflow's own thread-locals, as other tests expect them
+        fluent._last_active_run_id.set(None)
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert [tuple(r) for r in tracked] == plain
