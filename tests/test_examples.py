@@ -290,6 +290,10 @@ def test_register_best_registers_the_best_trials_model_and_the_downstream_task_l
     assert champion.version == version == loaded_version
     assert champion.source == f"models:/{best_model}"
     assert champion.run_id == client.get_logged_model(best_model).source_run_id
+    # The champion leads back to Flyte: its logged model carries the trial's Flyte provenance.
+    provenance = client.get_logged_model(best_model).tags
+    assert provenance["flyte.action_name"] == trial_runs[champion.run_id].data.tags["flyte.action_name"]
+    assert provenance["flyte.run_name"] == study.data.tags["flyte.run_name"]
     assert study.data.tags["best_model_id"] == best_model
 
     downstream = client.get_run(downstream_id)
