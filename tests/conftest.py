@@ -24,7 +24,7 @@ from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support import AuthServer, MlflowServer, Team, free_port, serving
+from tests.support import ArtifactServer, AuthServer, MlflowServer, Team, free_port, serving
 
 __all__ = ["AuthServer", "Links", "MlflowServer", "Recorded", "free_port"]
 
@@ -33,6 +33,12 @@ __all__ = ["AuthServer", "Links", "MlflowServer", "Recorded", "free_port"]
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One real tracking server for the whole session."""
     yield from serving(MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()))
+
+
+@pytest.fixture(scope="session")
+def artifact_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtifactServer]:
+    """A real ``mlflow server --serve-artifacts`` for the session, for tests that store models."""
+    yield from serving(ArtifactServer(tmp_path_factory.mktemp("mlflow-artifact-server"), free_port()))
 
 
 @pytest.fixture(scope="session")

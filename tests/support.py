@@ -147,6 +147,19 @@ class MlflowServer:
         return [(m.group(1), m.group(2), int(m.group(3))) for m in _ANSWER.finditer(text)]
 
 
+class ArtifactServer(MlflowServer):
+    """``mlflow server --serve-artifacts``: clients upload and download artifacts through the server.
+
+    New experiments get ``mlflow-artifacts:/`` as their artifact root (given after the base class's
+    local ``--default-artifact-root``, so it wins), and the server keeps the files in ``served/``.
+    """
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.served = root / "served"
+        app = ("--serve-artifacts", "--artifacts-destination", str(self.served))
+        super().__init__(root, port, app=(*app, "--default-artifact-root", "mlflow-artifacts:/"))
+
+
 S = TypeVar("S", bound=MlflowServer)
 
 

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,30 +19,11 @@ if str(REPO) not in sys.path:  # the editable install already puts it there; a p
     sys.path.insert(0, str(REPO))
 
 from examples import hpo, quickstart, sklearn_autolog, with_secrets  # noqa: E402
-from tests.support import AuthServer, MlflowServer, Team, free_port, serving  # noqa: E402
+from tests.support import ArtifactServer, AuthServer, Team  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID = r"[0-9a-f]{32}"
 MODEL_ID = r"m-[0-9a-f]{32}"
-
-
-class ArtifactServer(MlflowServer):
-    """``mlflow server --serve-artifacts``: clients upload and download artifacts through the server.
-
-    New experiments get ``mlflow-artifacts:/`` as their artifact root (given after the base class's
-    local ``--default-artifact-root``, so it wins), and the server keeps the files in ``served/``.
-    """
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.served = root / "served"
-        app = ("--serve-artifacts", "--artifacts-destination", str(self.served))
-        super().__init__(root, port, app=(*app, "--default-artifact-root", "mlflow-artifacts:/"))
-
-
-@pytest.fixture(scope="module")
-def artifact_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtifactServer]:
-    """A tracking server of its own that serves artifacts, for the examples that store models."""
-    yield from serving(ArtifactServer(tmp_path_factory.mktemp("mlflow-artifact-server"), free_port()))
 
 
 def _script_env(**extra: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, safety
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
 from flyteplugins.mlflow import _state, mlflow_config, mlflow_run
-from tests.support import own_run_id
+from tests.support import ArtifactServer, own_run_id
 
 env = flyte.TaskEnvironment(name="state-tests")
 
@@ -154,8 +154,15 @@ def _quick_requirements(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def tracking_uri(artifact_server: ArtifactServer) -> str:
+    """This module's trials track into a server that proxies artifacts (``--serve-artifacts``), where
+    models are uploaded through the server, as in production."""
+    return artifact_server.uri
+
+
+@pytest.fixture
 def ctx(tracking_uri: str, experiment: tuple[str, str]) -> Any:
-    """The workflow context: the session server and a fresh experiment."""
+    """The workflow context: the artifact-serving server and a fresh experiment."""
     return mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1])
 
 
