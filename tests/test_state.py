@@ -84,6 +84,16 @@ async def active_model_trial(i: int, tag: str) -> list[str]:
     return [str(active.model_id), str(fluent.get_active_model_id())]
 
 
+@mlflow_run(run_mode="nested")
+@env.task
+async def last_run_trial(i: int) -> list[str]:
+    with mlflow.start_run(run_name=f"by-hand-{i}", nested=True):
+        mlflow.log_param("i", i)
+    await asyncio.sleep(0.2)
+    last = mlflow.last_active_run()  # the trial's own run: it is active (MLflow answers that first)
+    return [own_run_id(), "" if last is None else last.info.run_id]
+
+
 AUTOLOG: dict[str, Any] = {"run_mode": "nested", "autolog": True, "framework": "sklearn", "log_models": True}
 
 
@@ -123,6 +133,12 @@ async def last_model_study(n: int) -> list[list[str]]:
 @env.task
 async def active_model_study(n: int, tag: str) -> list[list[str]]:
     return list(await asyncio.gather(*(active_model_trial(i, tag) for i in range(n))))
+
+
+@mlflow_run
+@env.task
+async def last_run_study(n: int) -> list[list[str]]:
+    return list(await asyncio.gather(*(last_run_trial(i) for i in range(n))))
 
 
 @mlflow_run
@@ -200,6 +216,19 @@ def test_last_logged_model_is_each_trials_own(ctx: Any) -> None:
     ]
     assert len({own for own, _ in pairs}) == TRIALS
     assert wrong == [], f"{len(wrong)} of {TRIALS} trials saw another trial's model: {wrong}"
+
+
+def test_last_active_run_is_each_trials_own(ctx: Any) -> None:
+    """mlflow.last_active_run() in each of 6 parallel trials, after the trial ended a run it started by
+    hand, is the trial's own run, never another trial's."""
+    pairs: list[list[str]] = _run(last_run_study, ctx, TRIALS)
+    wrong = [
+        f"trial {i}: ended {own}, last_active_run {last}"
+        for i, (own, last) in enumerate(pairs)
+        if own != last
+    ]
+    assert len({own for own, _ in pairs}) == TRIALS
+    assert wrong == [], f"{len(wrong)} of {TRIALS} trials saw another trial's last run: {wrong}"
 
 
 def test_active_model_is_each_trials_own(ctx: Any) -> None:
