@@ -275,6 +275,7 @@ def test_mlflow_state_is_its_own_again_after_the_last_task(
     from mlflow.sklearn import _SklearnTrainingSession
 
     before = _mlflow_objects()
+    own_values = (fluent._last_active_run_id.get(), fluent._last_logged_model_id.get())  # earlier tests'
     run_ids: list[str] = _run(thread_fit_study, ctx, 2)
     assert len(run_ids) == 2
     after = _mlflow_objects()
@@ -285,7 +286,10 @@ def test_mlflow_state_is_its_own_again_after_the_last_task(
     assert "_session" in safety._AutologgingSessionManager.__dict__
     assert type(_SklearnTrainingSession.__dict__["_session_stack"]) is list
     assert not any(s.is_active() for s in autologging_utils._training_sessions)
-    assert fluent.last_active_run() is None, "no trial's run is this thread's last active run"
+    assert (fluent._last_active_run_id.get(), fluent._last_logged_model_id.get()) == own_values, (
+        "no trial's run or model became this thread's last one"
+    )
+    assert not set(run_ids) & {own_values[0]}
 
     # An untracked, plainly autologged fit now works exactly as MLflow does on its own.
     mlflow.set_tracking_uri(tracking_uri)
