@@ -184,7 +184,7 @@ class RunQueue:
         self._held = 0  # values queued or being sent
         self._seq = itertools.count(1)
         self._closed = False
-        self._pressed = False  # a caller waits for room: send everything now
+        self._pressed = False  # memory holds LIMIT values (calls spill to disk): send everything now
         self.high_water = 0
         """The most values held in memory at once so far (for the benchmark and tests)."""
         self.spilled = 0
