@@ -7,7 +7,7 @@ import pytest
 
 from flyteplugins.mlflow import MlflowConfig, MlflowRun, OnRetry, mlflow_config
 from flyteplugins.mlflow._context import ROOT_ACTION_KEY, Inherited, TaskSnapshot, env_rank
-from flyteplugins.mlflow._lifecycle import plan
+from flyteplugins.mlflow._plan import plan
 from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG
 from flyteplugins.mlflow._sweep import ROOT_TAG
 

@@ -2,9 +2,9 @@
 
 The work is split so that the decision is a pure function and the network calls are few:
 
-1. :func:`plan` turns the tracker's settings and a :class:`~flyteplugins.mlflow._context.TaskSnapshot`
-   into a :class:`Plan` (share the caller's run, create one, or resume one), or ``None`` on a rank
-   that must not log. It makes no calls.
+1. :func:`~flyteplugins.mlflow._plan.plan` turns the tracker's settings and the task's context into
+   a :class:`~flyteplugins.mlflow._plan.Plan` (share the caller's run, create one, or resume one),
+   or ``None`` on a rank that must not log. It makes no calls (see :mod:`flyteplugins.mlflow._plan`).
 2. :func:`begin` carries the plan out: at most one request to create a run (with all its tags), none
    to share a run that lives in this process, one to fetch a shared run from another process.
    Experiment names are resolved once per process and tracking URI, and passed on to children.
@@ -29,18 +29,16 @@ import contextvars
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 from typing_extensions import ParamSpec
 
 from flyteplugins.mlflow import (
-    _backlink,
     _journal,
     _mlflow_state,
     _provenance,
@@ -53,40 +51,28 @@ from flyteplugins.mlflow import (
     _sweep,
     _system_metrics,
 )
-from flyteplugins.mlflow._backlink import NOTE_TAG
-from flyteplugins.mlflow._config import (
-    CONTEXT_PREFIX,
-    MlflowConfig,
-    MlflowTrackingSettings,
-    OnRetry,
-    OnTrackingError,
-    RunMode,
-)
+from flyteplugins.mlflow._config import MlflowTrackingSettings, OnTrackingError
 from flyteplugins.mlflow._context import (
     PARENT_EXPERIMENT_KEY,
     PARENT_RUN_KEY,
     RESOLVED_EXPERIMENTS_KEY,
-    ROOT_ACTION_KEY,
     Inherited,
-    TaskSnapshot,
     children_scope,
     current_task,
     snapshot,
 )
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
-from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy, Server, describe, server_for, vouch
+from flyteplugins.mlflow._plan import Plan, plan
+from flyteplugins.mlflow._server import Server, describe, server_for, vouch
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking.fluent import ActiveRun
 
-__all__ = ["Plan", "begin", "bound", "call_async", "call_sync", "current_run", "end", "plan", "rank0_run_id"]
+__all__ = ["begin", "bound", "call_async", "call_sync", "current_run", "end", "rank0_run_id"]
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-PARENT_TAG: Final = "mlflow.parentRunId"
-ATTEMPT_TAG: Final = "flyte.attempt"
 
 # The run of the innermost tracked call in this context, and the Flyte task it belongs to.
 _CURRENT: contextvars.ContextVar[tuple[ActiveRun, str | None] | None] = contextvars.ContextVar(
@@ -133,199 +119,6 @@ def rank0_run_id() -> str | None:
 
 def _resolve_experiment(server: Server, name: str, known: Mapping[str, str]) -> str:
     return _experiment_id(server, name, known)
-
-
-# --- 1. the plan -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Plan:
-    """What one tracked call will do. ``share``: log into ``run_id``; ``resume``: reopen ``run_id``;
-    ``create``: a new run, under ``parent_run_id`` when nested.
-
-    ``retry`` is set on a retried attempt that creates the task's own run: the earlier attempts' runs
-    are looked up and resumed or replaced (see :mod:`flyteplugins.mlflow._retries`). ``sweep_root``
-    is set on a workflow's root: when the call ends, runs left ``RUNNING`` under it are swept (see
-    :mod:`flyteplugins.mlflow._sweep`)."""
-
-    action: str
-    tracking_uri: str
-    policy: RequestPolicy = DEFAULT_POLICY
-    on_error: OnTrackingError = OnTrackingError.RAISE
-    run_id: str | None = None
-    parent_run_id: str | None = None
-    experiment_id: str | None = None
-    experiment_name: str | None = None
-    run_name: str | None = None
-    tags: Mapping[str, str] = attrs.field(factory=dict)
-    autolog: _mlflow_state.Autolog | None = None
-    log_system_metrics: bool = False
-    async_logging: bool = False
-    resolved_experiments: Mapping[str, str] = attrs.field(factory=dict)
-    passed_down: Mapping[str, str] = attrs.field(factory=dict)
-    retry: OnRetry | None = None
-    sweep_root: str | None = None
-    report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
-    journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _journal)
-
-
-def _default_experiment() -> tuple[str | None, str | None]:
-    """MLflow's own default: ``MLFLOW_EXPERIMENT_ID``, else ``MLFLOW_EXPERIMENT_NAME``, else ``"0"``."""
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
-    if experiment_id:
-        return experiment_id, None
-    return None, os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-
-
-def planned_experiment(
-    own_id: str | None, own_name: str | None, ctx: MlflowConfig, mode: RunMode, inherited: Inherited
-) -> tuple[str | None, str | None]:
-    """The experiment (id, name) a new run goes into, before MLflow's defaults: ``(None, None)`` for those.
-
-    The tracker's own experiment, then for ``nested`` the parent's, then the context's, then the
-    caller's. Links to a task's own run make the same choice when they are rendered.
-    """
-    if own_id or own_name:
-        return own_id, own_name
-    parent_experiment = inherited.experiment_id if inherited.run_id else None
-    if mode is RunMode.NESTED and parent_experiment:
-        return parent_experiment, None
-    if ctx.experiment_id or ctx.experiment_name:
-        return ctx.experiment_id, ctx.experiment_name
-    return parent_experiment, None
-
-
-def _experiment(
-    own: MlflowTrackingSettings, ctx: MlflowConfig, mode: RunMode, snap: TaskSnapshot
-) -> tuple[str | None, str | None]:
-    chosen = planned_experiment(own.experiment_id, own.experiment_name, ctx, mode, snap.inherited)
-    return chosen if chosen != (None, None) else _default_experiment()
-
-
-def _autolog(own: MlflowTrackingSettings, ctx: MlflowConfig) -> _mlflow_state.Autolog | None:
-    if not (own.autolog or ctx.autolog):
-        return None
-    kwargs: dict[str, Any] = {**ctx.autolog_kwargs, **own.autolog_kwargs}
-    for name in ("log_models", "log_datasets"):
-        value = getattr(own, name)
-        value = getattr(ctx, name) if value is None else value
-        if value is not None:
-            kwargs[name] = value
-    return _mlflow_state.Autolog(own.framework or ctx.framework, kwargs)
-
-
-def _policy(own: MlflowTrackingSettings, ctx: MlflowConfig) -> RequestPolicy:
-    timeout = own.request_timeout or ctx.request_timeout
-    retries = own.request_retries if own.request_retries is not None else ctx.request_retries
-    outage = own.outage_timeout if own.outage_timeout is not None else ctx.outage_timeout
-    policy = DEFAULT_POLICY if retries is None else attrs.evolve(DEFAULT_POLICY, retries=retries)
-    policy = policy if outage is None else attrs.evolve(policy, outage=outage)
-    return policy if timeout is None else attrs.evolve(policy, timeout=timeout, read_timeout=None)
-
-
-def plan(
-    own: MlflowTrackingSettings,
-    rank: int | None,
-    snap: TaskSnapshot,
-    default_uri: str,
-    *,
-    task_run: bool = True,
-    task_name: str | None = None,
-) -> Plan | None:
-    """Decide what a tracked call does, from the tracker's settings and the task's context.
-
-    Precedence: the tracker's settings, then the context's, then ``MLFLOW_TRACKING_URI`` (already in
-    ``default_uri``), then MLflow's defaults. A tracker's ``AUTO`` run mode defers to the context.
-    ``task_run`` says that this call is a Flyte task's body with no tracked call of the same task
-    around it: only such a call's run is the task's own, the one that retries look up and whose end
-    sweeps the runs under it. ``task_name`` (the task's short function name) names a run created
-    without a ``run_name``.
-
-    Returns:
-        The plan, or ``None`` when this process's rank is not 0 and must not log.
-    """
-    effective_rank = rank if rank is not None else snap.env_rank
-    if effective_rank not in (None, 0):
-        return None
-    ctx = snap.config or MlflowConfig()
-    mode = own.run_mode if own.run_mode is not RunMode.AUTO else ctx.run_mode
-    run_id = own.run_id or (None if own.run_name else ctx.run_id)
-    run_name = own.run_name or (None if own.run_id else ctx.run_name) or (None if run_id else task_name)
-    parent = snap.inherited.run_id
-
-    tags: dict[str, str] = dict(snap.flyte_tags)
-    if snap.attempt is not None:
-        tags[ATTEMPT_TAG] = str(snap.attempt)
-    tags.update(ctx.tags)
-    tags.update(own.tags)
-    description = own.run_kwargs.get("description", ctx.run_kwargs.get("description"))
-    if description is not None:
-        tags[NOTE_TAG] = description
-
-    passed_down: dict[str, str] = {}
-    for name in ("run_id", "run_name"):
-        if getattr(ctx, name) is not None:
-            passed_down[CONTEXT_PREFIX + name] = ""  # one run per identity: children don't reuse it
-    for name in ("tracking_uri", "link_host", "link_template", "own_link_template", "flyte_console_url"):
-        value = getattr(own, name)
-        if value is not None:
-            passed_down[CONTEXT_PREFIX + name] = value
-
-    if run_id is not None:
-        action = "resume"
-    elif mode is RunMode.AUTO and parent is not None:
-        action = "share"
-        run_id = parent
-    else:
-        action = "create"
-        if mode is RunMode.NESTED and parent is not None:
-            tags[PARENT_TAG] = parent
-    console = own.flyte_console_url or ctx.flyte_console_url
-    flyte_url = _backlink.action_url(console, snap.flyte_tags) if console else snap.flyte_url
-    if flyte_url:
-        back = _backlink.tags_for(flyte_url, snap.flyte_tags, tags.get(NOTE_TAG))
-        if action == "resume":  # a run made before: its description stays as it is
-            del back[NOTE_TAG]
-        tags.update(back)
-    retry: OnRetry | None = None
-    sweep_root: str | None = None
-    if snap.in_task and snap.action_id is not None:
-        if snap.inherited.root_action is not None:
-            tags[_sweep.ROOT_TAG] = snap.inherited.root_action
-        elif task_run and action != "share" and parent is None:
-            sweep_root = snap.action_id
-            passed_down[ROOT_ACTION_KEY] = snap.action_id
-        if task_run and action == "create":
-            tags[_retries.ACTION_TAG] = snap.action_id
-            tags[_retries.ATTEMPTS_TAG] = snap.attempt_label or "0"
-            if snap.retried:
-                retry = own.on_retry if own.on_retry is not OnRetry.NEW else ctx.on_retry
-    experiment_id, experiment_name = _experiment(own, ctx, mode, snap) if action == "create" else (None, None)
-    return Plan(
-        action=action,
-        tracking_uri=own.tracking_uri or ctx.tracking_uri or default_uri,
-        policy=_policy(own, ctx),
-        on_error=own.on_tracking_error
-        if own.on_tracking_error is not OnTrackingError.RAISE
-        else ctx.on_tracking_error,
-        run_id=run_id,
-        parent_run_id=tags.get(PARENT_TAG),
-        experiment_id=experiment_id,
-        experiment_name=experiment_name,
-        run_name=run_name,
-        tags=tags,
-        autolog=_autolog(own, ctx),
-        log_system_metrics=bool(
-            own.run_kwargs.get("log_system_metrics", ctx.run_kwargs.get("log_system_metrics"))
-        ),
-        async_logging=own.async_logging or ctx.async_logging,
-        resolved_experiments=snap.inherited.experiment_ids,
-        passed_down=passed_down,
-        retry=retry,
-        sweep_root=sweep_root,
-        report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
-        journal_dir=snap.raw_data,
-    )
 
 
 # --- 2. begin ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ which matches exactly the task's run:
 
 A task that will share its caller's run (``auto`` under a tracked caller) links to that run's page,
 as the default link does. The experiment is worked out as the task's run will choose it (see
-:func:`flyteplugins.mlflow._lifecycle.planned_experiment`); when it is given by a name that no
+:func:`flyteplugins.mlflow._plan.planned_experiment`); when it is given by a name that no
 tracked caller has resolved yet, or not given at all, the id is not known and no link is shown: the
 UI cannot open an experiment by name.
 """
@@ -28,12 +28,11 @@ from flyteplugins.mlflow._config import (
     DEFAULT_OWN_LINK_TEMPLATE,
     OWN_LINK_FIELDS,
     MlflowConfig,
-    RunMode,
-    _to_enum,
     check_link_template,
 )
 from flyteplugins.mlflow._context import Inherited
-from flyteplugins.mlflow._lifecycle import planned_experiment
+from flyteplugins.mlflow._enums import RunMode, to_enum
+from flyteplugins.mlflow._plan import planned_experiment
 from flyteplugins.mlflow._retries import filter_equals
 
 __all__ = ["LinkTarget", "own_run_url", "run_page_url", "run_filter", "to_link_target"]
@@ -67,7 +66,7 @@ def to_link_target(value: LinkTarget | str) -> LinkTarget:
         ValueError: the string is not a link target; the message lists the valid ones.
         TypeError: the value is neither a string nor a ``LinkTarget``.
     """
-    return _to_enum(LinkTarget, "target", value)
+    return to_enum(LinkTarget, "target", value)
 
 
 def _encoded(text: str) -> str:

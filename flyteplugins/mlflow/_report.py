@@ -42,7 +42,7 @@ from mlflow.tracking.fluent import ActiveRun
 
 
 class _Plan(Protocol):
-    """What writing the tab reads of a tracked call's plan (``_lifecycle.Plan``)."""
+    """What writing the tab reads of a tracked call's plan (``_plan.Plan``)."""
 
     @property
     def tracking_uri(self) -> str: ...
