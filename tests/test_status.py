@@ -7,6 +7,10 @@ and checks that no run is left active in the calling process.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from typing import Any
 
@@ -346,3 +350,41 @@ def test_failing_nested_sibling_does_not_fail_the_others(
             assert run.data.metrics == {"score": float(i)}
     assert client.get_run(parent_id).info.status == "FINISHED"
     _assert_nothing_left_open(client, experiment[1])
+
+
+# Run by a non-daemon thread after the main thread has returned: Python has then already shut its
+# executors for new work (``concurrent.futures``' exit hook runs before such threads are joined).
+LATE_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, threading, time
+    import mlflow
+    from flyteplugins.mlflow import mlflow_run
+
+    @mlflow_run(tracking_uri=sys.argv[1], experiment_name=sys.argv[2])
+    async def late() -> None:
+        mlflow.log_param("late", "yes")
+
+    def after_main() -> None:
+        while threading.main_thread().is_alive():
+            time.sleep(0.01)
+        asyncio.run(late())
+
+    threading.Thread(target=after_main).start()
+    """
+)
+
+
+def test_a_tracked_call_during_interpreter_exit_still_ends_its_run(
+    tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """An async tracked call that starts after the main thread has returned (the plugin's thread pool
+    then takes no new work) still runs its body and ends its run ``FINISHED``, in the calling thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_SCRIPT, tracking_uri, experiment[0]],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cannot schedule new futures" not in done.stderr
+    runs = _runs(client, experiment[1])
+    assert [(r.info.status, r.data.params) for r in runs] == [("FINISHED", {"late": "yes"})]

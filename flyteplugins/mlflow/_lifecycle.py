@@ -411,7 +411,10 @@ async def _complete(fn: Callable[..., R], *args: Any) -> tuple[R, bool]:
     Returns:
         The result, and whether the caller was cancelled while waiting.
     """
-    future = asyncio.get_running_loop().run_in_executor(_IO, functools.partial(fn, *args))
+    try:
+        future = asyncio.get_running_loop().run_in_executor(_IO, functools.partial(fn, *args))
+    except RuntimeError:  # the interpreter is exiting and the pool takes no more work: run it here
+        return fn(*args), False
     cancelled = False
     while True:
         try:
