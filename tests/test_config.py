@@ -15,6 +15,7 @@ from flyteplugins.mlflow import (
     MlflowRun,
     OnRetry,
     OnTrackingError,
+    RankScope,
     RunMode,
     mlflow_config,
     mlflow_run,
@@ -71,6 +72,20 @@ def test_unknown_run_mode_lists_the_valid_ones(bad: str) -> None:
         assert "'auto'" in message
         assert "'new'" in message
         assert "'nested'" in message
+
+
+@pytest.mark.parametrize("build", [MlflowConfig, MlflowRun, mlflow_config, mlflow_run])
+def test_rank_scope_accepts_members_and_strings_and_refuses_others(build: Any) -> None:
+    """``rank_scope`` given as a member or its string becomes that member in every builder; another
+    string is a ``ValueError`` naming the setting, the value and the choices; it round-trips."""
+    assert build(rank_scope="worker").rank_scope is RankScope.WORKER
+    assert build(rank_scope=RankScope.GLOBAL).rank_scope is RankScope.GLOBAL
+    assert build().rank_scope is RankScope.GLOBAL
+    with pytest.raises(ValueError, match="rank_scope") as info:
+        build(rank_scope="node")
+    assert "'node'" in str(info.value) and "'global', 'worker'" in str(info.value)
+    config = mlflow_config(rank_scope="worker")
+    assert dict(config) == {"mlflow_rank_scope": "worker"} and decode(config) == config
 
 
 @pytest.mark.parametrize(

@@ -139,3 +139,15 @@ def test_a_malformed_rank_names_the_variable_and_the_value(
     with pytest.raises(ValueError, match=name) as info:
         env_rank()
     assert repr(value) in str(info.value)
+
+
+def test_rank_scope_comes_from_the_tracker_then_the_context() -> None:
+    """``rank_scope`` follows the usual precedence: tracker, then context; ``global`` defers."""
+    from flyteplugins.mlflow import RankScope
+
+    by_context = plan(MlflowRun(), None, task(0, config=mlflow_config(rank_scope="worker")), URI)
+    by_tracker = plan(MlflowRun(rank_scope="worker"), None, task(0), URI)
+    neither = plan(MlflowRun(), None, task(0), URI)
+    assert by_context is not None and by_context.rank_scope is RankScope.WORKER
+    assert by_tracker is not None and by_tracker.rank_scope is RankScope.WORKER
+    assert neither is not None and neither.rank_scope is RankScope.GLOBAL

@@ -24,6 +24,7 @@ from flyteplugins.mlflow import (
     MlflowRun,
     OnRetry,
     OnTrackingError,
+    RankScope,
     ReportGoal,
     RunMode,
     mlflow_config,
@@ -121,6 +122,7 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
     maybe("report", st.booleans())
     maybe("report_metric", st.from_regex(r"[\w./ :-]{1,30}", fullmatch=True))
     maybe("report_goal", st.sampled_from([None, *ReportGoal, "minimize", "maximize"]))
+    maybe("rank_scope", st.sampled_from([*RankScope, "global", "worker"]))
     return out
 
 

@@ -12,7 +12,7 @@ from flyteplugins.mlflow._api import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, ReportGoal, RunMode
+from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, RankScope, ReportGoal, RunMode
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
 from flyteplugins.mlflow._link import Mlflow
 from flyteplugins.mlflow._own_link import LinkTarget
@@ -26,6 +26,7 @@ __all__ = [
     "MlflowTrackingError",
     "OnRetry",
     "OnTrackingError",
+    "RankScope",
     "ReportGoal",
     "RunMode",
     "TrackingRequestError",

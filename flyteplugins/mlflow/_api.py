@@ -14,6 +14,7 @@ from flyteplugins.mlflow._config import (
     MlflowConfig,
     OnRetry,
     OnTrackingError,
+    RankScope,
     ReportGoal,
     RunMode,
 )
@@ -66,6 +67,7 @@ class ConfigOptions(TypedDict, total=False):
     report: bool
     report_metric: str | None
     report_goal: ReportGoal | Literal["minimize", "maximize"] | None
+    rank_scope: RankScope | Literal["global", "worker"]
     description: str
     log_system_metrics: bool
 

@@ -29,10 +29,12 @@ from flyteplugins.mlflow._backlink import check_console_url
 from flyteplugins.mlflow._enums import (
     OnRetry,
     OnTrackingError,
+    RankScope,
     ReportGoal,
     RunMode,
     to_on_retry,
     to_on_tracking_error,
+    to_rank_scope,
     to_report_goal,
     to_run_mode,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "MlflowTrackingSettings",
     "OnRetry",
     "OnTrackingError",
+    "RankScope",
     "ReportGoal",
     "RunMode",
     "decode",
@@ -53,6 +56,7 @@ __all__ = [
     "thaw",
     "to_on_retry",
     "to_on_tracking_error",
+    "to_rank_scope",
     "to_report_goal",
     "to_run_mode",
 ]
@@ -367,6 +371,7 @@ class MlflowTrackingSettings:
     report: bool = attrs.field(default=False, validator=_bool)
     report_metric: str | None = attrs.field(default=None, validator=_metric_name)
     report_goal: ReportGoal | None = attrs.field(default=None, converter=to_report_goal)
+    rank_scope: RankScope = attrs.field(default=RankScope.GLOBAL, converter=to_rank_scope)
 
     def __attrs_post_init__(self) -> None:
         if self.experiment_name is not None and self.experiment_id is not None:
@@ -464,6 +469,9 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
             metric name. Unset: newest first.
         report_goal: Which way is best for ``report_metric``: ``"minimize"`` (when unset) or
             ``"maximize"`` (a ``ReportGoal`` or its string).
+        rank_scope: In distributed training, ``"global"`` (the default): rank 0 alone has a run;
+            ``"worker"``: every other rank also gets a run of its own, nested under rank 0's and
+            named ``<task>-rank-<rank>`` (a ``RankScope`` or its string).
 
     Raises:
         ValueError: conflicting or invalid settings (the message names the field and the value).
@@ -532,6 +540,7 @@ class _Kind(enum.Enum):
     SECONDS = "a positive number"
     COUNT = "a whole number"
     GOAL = "a report goal or '' (unset)"
+    SCOPE = "a rank scope"
 
 
 _KINDS: Final[dict[str, _Kind]] = {
@@ -550,6 +559,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "outage_timeout": _Kind.SECONDS,
     "report": _Kind.FLAG,
     "report_goal": _Kind.GOAL,
+    "rank_scope": _Kind.SCOPE,
 }
 _DEFAULTS: Final = {f.name: f.default for f in _FIELDS}
 
@@ -564,7 +574,7 @@ def _is_unset(name: str, value: object) -> bool:
 def _encode_value(kind: _Kind, value: Any) -> str:
     if kind in (_Kind.FLAG, _Kind.OPTIONAL_FLAG):
         return "true" if value else "false"
-    if kind in (_Kind.MODE, _Kind.POLICY, _Kind.RETRY, _Kind.GOAL):
+    if kind in (_Kind.MODE, _Kind.POLICY, _Kind.RETRY, _Kind.GOAL, _Kind.SCOPE):
         return str(value.value)
     if kind is _Kind.MAPPING:
         return json.dumps(thaw(value), sort_keys=True, separators=(",", ":"))
@@ -599,6 +609,8 @@ def _decode_value(key: str, kind: _Kind, text: str) -> object:
         return to_on_retry(text or OnRetry.NEW)
     elif kind is _Kind.GOAL:
         return to_report_goal(text or None)
+    elif kind is _Kind.SCOPE:
+        return to_rank_scope(text or RankScope.GLOBAL)
     elif kind is _Kind.MAPPING:
         if text == "":
             return None

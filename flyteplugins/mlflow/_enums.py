@@ -1,4 +1,4 @@
-"""The settings' enums (run mode, error policy, retry policy, report goal) and their string converters.
+"""The settings' enums (run mode, error and retry policies, report goal, rank scope) and their converters.
 
 Each enum is a ``str`` enum whose values are what users write (``run_mode="nested"``); each
 ``to_*`` converter takes either form and refuses anything else with the valid choices named.
@@ -12,11 +12,13 @@ from typing import TypeVar
 __all__ = [
     "OnRetry",
     "OnTrackingError",
+    "RankScope",
     "ReportGoal",
     "RunMode",
     "to_enum",
     "to_on_retry",
     "to_on_tracking_error",
+    "to_rank_scope",
     "to_report_goal",
     "to_run_mode",
 ]
@@ -96,6 +98,24 @@ class ReportGoal(str, enum.Enum):
         return self.value
 
 
+class RankScope(str, enum.Enum):
+    """Which ranks of a distributed job get an MLflow run of their own.
+
+    ``GLOBAL`` keeps one run for the job, rank 0's; the other ranks run untracked. ``WORKER`` gives
+    every other rank a run of its own too, nested under rank 0's run and named
+    ``<task>-rank-<rank>``, where that rank's ``mlflow.log_*`` calls go.
+    """
+
+    GLOBAL = "global"
+    """The default: rank 0 alone has a run; other ranks send nothing unless they ask for its id."""
+    WORKER = "worker"
+    """Every rank other than 0 also gets a run, nested under rank 0's, tagged with its rank, local
+    rank, node and world size; ``get_mlflow_run()`` returns it there."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -147,6 +167,16 @@ def to_on_retry(value: OnRetry | str) -> OnRetry:
         TypeError: the value is neither a string nor an ``OnRetry``.
     """
     return to_enum(OnRetry, "on_retry", value)
+
+
+def to_rank_scope(value: RankScope | str) -> RankScope:
+    """Convert a rank scope given as a :class:`RankScope` or its string value.
+
+    Raises:
+        ValueError: the string is not a rank scope; the message lists the valid ones.
+        TypeError: the value is neither a string nor a ``RankScope``.
+    """
+    return to_enum(RankScope, "rank_scope", value)
 
 
 def to_report_goal(value: ReportGoal | str | None) -> ReportGoal | None:

@@ -50,6 +50,7 @@ from flyteplugins.mlflow import (
     _state,
     _sweep,
     _system_metrics,
+    _worker_runs,
 )
 from flyteplugins.mlflow._config import MlflowTrackingSettings, OnTrackingError
 from flyteplugins.mlflow._context import (
@@ -111,7 +112,7 @@ def rank0_run_id() -> str | None:
     Raises:
         MlflowTrackingError: the run could not be found (under ``on_tracking_error="raise"``).
     """
-    run = current_run()
+    run = current_run() if _ranks.current_peer() is None else None  # a rank's own run is not rank 0's
     if run is not None:
         return str(run.info.run_id)
     return _ranks.peer_run_id(_resolve_experiment)
@@ -221,7 +222,7 @@ def begin(p: Plan, local_run: ActiveRun | None) -> Opened:
     if known != dict(p.resolved_experiments):
         children[RESOLVED_EXPERIMENTS_KEY] = json.dumps(known, sort_keys=True)
     owned = p.action != "share"
-    monitor = _system_metrics.start(run.info.run_id) if p.log_system_metrics and owned else None
+    monitor = _system_metrics.start(p, run.info.run_id, server) if p.log_system_metrics and owned else None
     token = _signals.register(run.info.run_id, server, p.journal_dir) if owned else None
     return Opened(plan=p, run=run, owned=owned, children=children, monitor=monitor, signal_token=token)
 
@@ -266,7 +267,7 @@ def end(opened: Opened, status: str, runs: list[ActiveRun]) -> None:
     try:
         if opened.monitor is not None:
             with contextlib.suppress(Exception):
-                opened.monitor.finish()
+                opened.monitor.finish(status == RunStatus.to_string(RunStatus.FINISHED))
         failed: list[str] = []
         if opened.plan.async_logging or _mlflow_state.async_logging_on():
             try:  # what the task queued lands before the status is set; a server away is waited for
@@ -320,7 +321,9 @@ def _prepare(
         return p, None
     rank0 = plan(own, 0, snap, uri, task_run=task_run, task_name=name)
     assert rank0 is not None
-    return None, _peer(rank0, rank if rank is not None else snap.env_rank or 0)
+    r = rank if rank is not None else snap.env_rank or 0
+    worker = _worker_runs.template(rank0, r, own, snap, name, task_run)
+    return None, attrs.evolve(_peer(rank0, r), worker=worker)
 
 
 def _peer(rank0: Plan, rank: int) -> _ranks.Peer:
@@ -337,6 +340,7 @@ def _peer(rank0: Plan, rank: int) -> _ranks.Peer:
         experiment_id=rank0.experiment_id,
         experiment_name=rank0.experiment_name,
         resolved_experiments=rank0.resolved_experiments,
+        system_metrics=rank0.log_system_metrics,
     )
 
 
@@ -383,12 +387,23 @@ def call_sync(
     """
     p, peer = _prepare(own, rank, task_body, func)
     if peer is not None:
-        with _ranks.scope(peer):
-            try:
-                return func(*args, **kwargs)
-            except Exception:
-                _ranks.peer_failed(peer, _resolve_experiment, _now_ms())
-                raise
+        return _peer_sync(peer, func, *args, **kwargs)
+    return _tracked_sync(p, func, *args, **kwargs)
+
+
+def _peer_sync(peer: _ranks.Peer, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """On a rank other than 0: this node's monitor, the rank's own run (``rank_scope="worker"``), and
+    rank 0's run marked ``FAILED`` when the body raises (after the monitor has stopped)."""
+    with _ranks.scope(peer):
+        try:
+            with _system_metrics.node_monitor(peer, _resolve_experiment):
+                return _tracked_sync(_worker_runs.opened(peer, _resolve_experiment), func, *args, **kwargs)
+        except Exception:
+            _ranks.peer_failed(peer, _resolve_experiment, _now_ms())
+            raise
+
+
+def _tracked_sync(p: Plan | None, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     opened = _begin_or_warn(p, _local_run()) if p is not None else None
     if opened is None:
         return func(*args, **kwargs)
@@ -437,13 +452,21 @@ async def call_async(
     The function may take arguments of any name (``rank``, ``func`` and ``own`` included).
     ``task_body`` says that ``func`` is a Flyte task's function, not a plain tracked function."""
     p, peer = _prepare(own, rank, task_body, func)
-    if peer is not None:
-        with _ranks.scope(peer):
-            try:
-                return await func(*args, **kwargs)
-            except Exception:
-                await _complete(_ranks.peer_failed, peer, _resolve_experiment, _now_ms())
-                raise
+    if peer is None:
+        return await _tracked_async(p, func, *args, **kwargs)
+    with _ranks.scope(peer):
+        try:
+            with _system_metrics.node_monitor(peer, _resolve_experiment):  # blocks only on several nodes
+                worker, _ = await _complete(_worker_runs.opened, peer, _resolve_experiment)
+                return await _tracked_async(worker, func, *args, **kwargs)
+        except Exception:
+            await _complete(_ranks.peer_failed, peer, _resolve_experiment, _now_ms())
+            raise
+
+
+async def _tracked_async(
+    p: Plan | None, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+) -> R:
     if p is None:
         return await func(*args, **kwargs)
     opened, cancelled = await _complete(_begin_or_warn, p, _local_run())

@@ -25,6 +25,7 @@ from flyteplugins.mlflow._config import (
     RunMode,
 )
 from flyteplugins.mlflow._context import ROOT_ACTION_KEY, Inherited, TaskSnapshot
+from flyteplugins.mlflow._enums import RankScope
 from flyteplugins.mlflow._server import DEFAULT_POLICY, RequestPolicy
 
 __all__ = ["ATTEMPT_TAG", "PARENT_TAG", "Plan", "plan", "planned_experiment"]
@@ -62,6 +63,7 @@ class Plan:
     sweep_root: str | None = None
     report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
     journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _journal)
+    rank_scope: RankScope = RankScope.GLOBAL  # for the other ranks: a run each (see _worker_runs)
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -220,4 +222,5 @@ def plan(
         sweep_root=sweep_root,
         report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
         journal_dir=snap.raw_data,
+        rank_scope=own.rank_scope if own.rank_scope is not RankScope.GLOBAL else ctx.rank_scope,
     )

@@ -16,7 +16,9 @@ untracked and sends nothing. Two things may still need rank 0's run there:
 
 The lifecycle module hands this module a :class:`Peer` (what this rank knows of rank 0's plan for
 the same call) and binds it for the call with :func:`scope`; :func:`peer_run_id` and
-:func:`peer_failed` work from it.
+:func:`peer_failed` work from it. While it is bound, MLflow's tracking URI is rank 0's (restored
+after), so ``MlflowClient()`` on this rank reaches rank 0's server even when only the decorator
+names it.
 """
 
 from __future__ import annotations
@@ -26,25 +28,31 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from flyteplugins.mlflow import _mlflow_state
 from flyteplugins.mlflow._config import OnTrackingError
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError
 from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG, filter_equals
 from flyteplugins.mlflow._server import RequestPolicy, Server, server_for
 from mlflow.entities import RunStatus
 
+if TYPE_CHECKING:
+    from flyteplugins.mlflow._plan import Plan
+
 __all__ = [
     "FAILED_RANK_TAG",
     "POLL",
     "RANK0_WAIT",
     "Peer",
+    "current_peer",
     "find",
     "mark_failed",
     "peer_failed",
     "peer_run_id",
+    "rank0_id",
     "scope",
 ]
 
@@ -66,6 +74,8 @@ class Peer:
 
     ``run_id`` is set when rank 0 uses a run it did not create (shared, or resumed by id);
     ``action_id`` and ``attempt`` are the tags of the run rank 0 creates otherwise.
+    ``system_metrics`` says that rank 0 monitors its run (see ``_system_metrics``); ``worker`` is the
+    plan of this rank's own run under ``rank_scope="worker"``, less its parent (see ``_worker_runs``).
     """
 
     rank: int
@@ -79,6 +89,8 @@ class Peer:
     experiment_id: str | None
     experiment_name: str | None
     resolved_experiments: Mapping[str, str]
+    system_metrics: bool = False
+    worker: Plan | None = None
 
 
 _PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("flyteplugins_mlflow_peer", default=None)
@@ -87,12 +99,25 @@ _found: dict[tuple[str, str, str], str] = {}
 
 @contextlib.contextmanager
 def scope(peer: Peer) -> Iterator[None]:
-    """Bind ``peer`` for an untracked call on a rank other than 0."""
+    """Bind ``peer`` for a call on a rank other than 0, with rank 0's tracking URI as MLflow's."""
+    try:
+        _mlflow_state.hold(peer.tracking_uri, None)
+        held = True
+    except MlflowTrackingError as e:  # another tracked call in this process holds another URI
+        logger.warning("rank %d keeps MLflow's tracking URI as it is: %s", peer.rank, e)
+        held = False
     token = _PEER.set(peer)
     try:
         yield
     finally:
         _PEER.reset(token)
+        if held:
+            _mlflow_state.release(None)
+
+
+def current_peer() -> Peer | None:
+    """The peer bound by :func:`scope` in this context, if any."""
+    return _PEER.get()
 
 
 def peer_run_id(resolve: ResolveExperiment) -> str | None:
@@ -107,12 +132,21 @@ def peer_run_id(resolve: ResolveExperiment) -> str | None:
     if peer is None:
         return None
     try:
-        return _run_id(peer, resolve, RANK0_WAIT)
+        return rank0_id(peer, resolve)
     except MlflowTrackingError as e:
         if peer.on_error is OnTrackingError.RAISE:
             raise
         logger.warning("rank 0's MLflow run could not be found: %s", e)
         return None
+
+
+def rank0_id(peer: Peer, resolve: ResolveExperiment) -> str:
+    """Rank 0's run id for ``peer`` (free when known; otherwise :func:`find`, once per process).
+
+    Raises:
+        MlflowTrackingError: the run could not be found.
+    """
+    return _run_id(peer, resolve, RANK0_WAIT)
 
 
 def peer_failed(peer: Peer, resolve: ResolveExperiment, end_ms: int) -> None:

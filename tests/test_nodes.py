@@ -1,0 +1,137 @@
+"""Distributed training on two nodes: two pods of one ``Elastic(nnodes=2, nproc_per_node=2)`` job.
+
+Each pod is Flyte's task runner in a subprocess (``tests/pods.py``) running the same action of a task
+of ``nodes_child``; the pods' elastic agents meet at a c10d rendezvous on loopback, and four gloo
+workers train with DDP. Every request reaches the tracking server through a relay that names the
+process that sent it, in the order they arrive, so requests are counted per rank and ordered against
+rank 0's final status. MLflow's monitors sample every 0.25 s here
+(``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``), so a training of a few seconds has several samples.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from flyteplugins.mlflow import mlflow_config
+from tests.pods import Action, make_inputs
+from tests.support import MlflowServer, Relay, free_port
+from tests.test_elastic import pid_of
+
+STEPS = 6
+NO_RANK = -1
+MODULE = "nodes_child"
+SAMPLING = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.25"}
+NODE_METRICS = ("cpu_utilization_percentage", "system_memory_usage_megabytes")
+Job = dict[str, Any]
+
+
+@pytest.fixture
+def relay(mlflow_server: MlflowServer) -> Iterator[Relay]:
+    """A relay in front of the session server that records which process sent each request."""
+    made = Relay(mlflow_server.uri, identify=pid_of)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def run_job(tmp_path: Path, task: str, context: dict[str, str], **values: Any) -> Job:
+    """Run one action of ``task`` as two pods at once; return how each ended and what each rank wrote."""
+    inputs = make_inputs(task, context, module=MODULE, **values)
+    first = Action(_mkdir(tmp_path / "pod-a"), task, inputs, module=MODULE)
+    second = Action(_mkdir(tmp_path / "pod-b"), task, inputs, module=MODULE)
+    second.run_name, second.action = first.run_name, first.action  # one action, two pods
+    extra = {"PET_RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", **SAMPLING}
+    procs = [(pod, pod.start(0, extra)) for pod in (first, second)]
+    ended = []
+    for pod, proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        ended.append(
+            {"failed": pod.failed() or proc.returncode != 0, "log": out.decode(errors="replace")[-3000:]}
+        )
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("pod-*/rank-*.json")]
+    return {"pods": ended, "records": records}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def by_process(relay: Relay, records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    """The requests of each rank (of its last restart, ``rank <r>``), and ``other`` for any other sender."""
+    name = {
+        r["pid"]: f"rank {r['rank']}" + (f" (restart {r['restart']})" if r["restart"] else "")
+        for r in records
+    }
+    counts: dict[str, Counter[str]] = {n: Counter() for n in name.values()}
+    for sender, _, path in relay.senders:
+        counts.setdefault(name.get(sender, "other"), Counter())[path.removeprefix("/api/2.0/mlflow/")] += 1
+    return counts
+
+
+def runs_of(client: MlflowClient, experiment_id: str) -> list[Run]:
+    return client.search_runs([experiment_id], max_results=100)
+
+
+def samples(client: MlflowClient, run_id: str, node: str) -> dict[str, int]:
+    """How many values each of the node's CPU and memory metrics has in the run."""
+    return {m: len(client.get_metric_history(run_id, f"system/{node}/{m}")) for m in NODE_METRICS}
+
+
+def test_every_node_monitors_into_rank_0s_run(
+    tmp_path: Path, relay: Relay, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """With ``log_system_metrics=True`` on two nodes, the job has one run, holding both nodes' CPU and
+    memory under ``system/node-0/`` and ``system/node-1/`` (several samples each) and each node's host;
+    only the local-rank-0 processes send anything (ranks 1 and 3 and the launchers none), and no
+    request of any process follows rank 0's final status."""
+    ctx = mlflow_config(tracking_uri=relay.uri, experiment_id=experiment[1])
+    job = run_job(
+        tmp_path, "nodes_global", ctx, steps=STEPS, fail_rank=NO_RANK, fail_restarts=0, ask_id=False
+    )
+    assert not any(pod["failed"] for pod in job["pods"]), job["pods"]
+    records = {r["rank"]: r for r in job["records"]}
+    assert sorted(records) == [0, 1, 2, 3]
+    assert {r["variables"]["GROUP_RANK"] for r in records.values()} == {"0", "1"}
+    (run,) = runs_of(client, experiment[1])
+    assert run.info.status == "FINISHED" and run.info.run_id == records[0]["run_id"]
+    print("runs:", [(r.info.run_name, r.info.status) for r in runs_of(client, experiment[1])])
+    names = sorted(k for k in run.data.metrics if k.startswith("system/"))
+    print("system metrics:", names)
+    assert {n.split("/")[1] for n in names} == {"node-0", "node-1"}, "every metric names its node"
+    for node in ("node-0", "node-1"):
+        counted = samples(client, run.info.run_id, node)
+        print(node, counted)
+        assert min(counted.values()) >= 2, counted
+    assert {"flyte.node.0.host", "flyte.node.1.host"} <= set(run.data.tags)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(STEPS))
+
+    sent = by_process(relay, job["records"])
+    print("requests:", {k: dict(v) for k, v in sent.items()})
+    assert sent["rank 1"] == sent["rank 3"] == Counter() and sum(sent.get("other", Counter()).values()) == 0
+    monitor = {"runs/get", "runs/log-batch"}  # a monitor's status check per sample, and its values
+    assert {k: v for k, v in sent["rank 0"].items() if k not in monitor} == {
+        "runs/create": 1,
+        "runs/log-metric": STEPS,
+        "runs/update": 1,
+        "runs/search": 1,  # the root's sweep, after the status
+    }
+    assert set(sent["rank 2"]) == {"runs/search", *monitor}  # finds the run, tags its host, monitors
+    pids = {r["pid"]: r["rank"] for r in job["records"]}
+    order = [(pids.get(sender), path) for sender, _, path in relay.senders]
+    final = max(i for i, (rank, path) in enumerate(order) if rank == 0 and path.endswith("runs/update"))
+    assert [o for o in order[final + 1 :] if not o[1].endswith("runs/search")] == [], "after the status"
