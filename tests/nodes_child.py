@@ -38,10 +38,16 @@ def train(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -> str |
     restarts have happened. Each step takes 0.25 s, so that monitors sampling every 0.25 s see it."""
     import torch
     import torch.distributed as dist
+    from torch._C._distributed_c10d import PrefixStore, TCPStore  # what torch.distributed re-exports
     from torch.nn.parallel import DistributedDataParallel
 
     rank, restart = int(os.environ["RANK"]), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    dist.init_process_group("gloo")
+    # The agents share one store across restarts: each restart's group keeps its keys apart.
+    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    world = int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        "gloo", store=PrefixStore(f"restart-{restart}", store), rank=rank, world_size=world
+    )
     run = get_mlflow_run()
     rank0_run_id = get_mlflow_run_id() if ask_id or rank == 0 else None
     record = {

@@ -15,7 +15,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from mlflow.entities import Run
@@ -59,6 +59,7 @@ def run_job(tmp_path: Path, task: str, context: dict[str, str], **values: Any) -
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
+        (pod.workdir / "pod.log").write_bytes(out)
         ended.append(
             {"failed": pod.failed() or proc.returncode != 0, "log": out.decode(errors="replace")[-3000:]}
         )
@@ -135,3 +136,111 @@ def test_every_node_monitors_into_rank_0s_run(
     order = [(pids.get(sender), path) for sender, _, path in relay.senders]
     final = max(i for i, (rank, path) in enumerate(order) if rank == 0 and path.endswith("runs/update"))
     assert [o for o in order[final + 1 :] if not o[1].endswith("runs/search")] == [], "after the status"
+
+
+def rank_runs(client: MlflowClient, experiment_id: str) -> tuple[list[Run], dict[str, list[Run]]]:
+    """The job's runs (no parent) and the rank runs, by name, oldest first."""
+    found = sorted(runs_of(client, experiment_id), key=lambda r: r.info.start_time)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    ranks: dict[str, list[Run]] = {}
+    for r in found:
+        if "mlflow.parentRunId" in r.data.tags:
+            ranks.setdefault(r.info.run_name, []).append(r)
+    return parents, ranks
+
+
+def test_rank_scope_worker_gives_every_rank_a_nested_run(
+    tmp_path: Path, relay: Relay, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Under ``rank_scope="worker"`` on two nodes: one parent (rank 0's) and three rank runs nested
+    under it, named ``<task>-rank-<r>`` and tagged with rank, local rank, node and world size, each
+    with its own loss history; ``get_mlflow_run_id()`` is rank 0's run on every rank."""
+    ctx = mlflow_config(tracking_uri=relay.uri, experiment_id=experiment[1])
+    job = run_job(tmp_path, "nodes_worker", ctx, steps=STEPS, fail_rank=NO_RANK, fail_restarts=0, ask_id=True)
+    assert not any(pod["failed"] for pod in job["pods"]), job["pods"]
+    records = {r["rank"]: r for r in job["records"]}
+    (parent,), ranks = rank_runs(client, experiment[1])
+    print("runs:", parent.info.run_name, sorted(ranks))
+    assert parent.info.status == "FINISHED" and parent.info.run_id == records[0]["run_id"]
+    assert sorted(ranks) == [f"nodes_worker-rank-{r}" for r in (1, 2, 3)]
+    for r in (1, 2, 3):
+        (run,) = ranks[f"nodes_worker-rank-{r}"]
+        record = records[r]
+        assert run.info.run_id == record["run_id"] and record["rank0_run_id"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        variables = record["variables"]
+        assert {k: run.data.tags[f"flyte.{k}"] for k in ("rank", "local_rank", "node", "world_size")} == {
+            "rank": str(r),
+            "local_rank": variables["LOCAL_RANK"],
+            "node": variables["GROUP_RANK"],
+            "world_size": "4",
+        }
+    for run in [parent, *(runs[0] for runs in ranks.values())]:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(
+            range(STEPS)
+        )
+    sent = by_process(relay, job["records"])
+    print("requests:", {k: dict(v) for k, v in sent.items()})
+    for r in (1, 2, 3):
+        searches = sent[f"rank {r}"].pop("runs/search")  # repeated while rank 0 has no run yet
+        assert searches >= 1
+        assert sent[f"rank {r}"] == Counter({"runs/create": 1, "runs/log-metric": STEPS, "runs/update": 1})
+    assert sent["rank 0"] == Counter(
+        {"runs/create": 1, "runs/log-metric": STEPS, "runs/update": 1, "runs/search": 1}
+    )
+    assert sum(sent.get("other", Counter()).values()) == 0
+
+
+def test_a_failing_rank_on_the_second_node_fails_its_run_and_the_job(
+    tmp_path: Path, relay: Relay, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Rank 3 raises: its own run ends FAILED, rank 0's run ends FAILED naming a failed rank, the job
+    fails, and no run is left RUNNING."""
+    ctx = mlflow_config(tracking_uri=relay.uri, experiment_id=experiment[1])
+    job = run_job(tmp_path, "nodes_worker", ctx, steps=STEPS, fail_rank=3, fail_restarts=1, ask_id=False)
+    assert any(pod["failed"] for pod in job["pods"]), job["pods"]
+    (parent,), ranks = rank_runs(client, experiment[1])
+    print("runs:", parent.info.status, {n: [r.info.status for r in rs] for n, rs in ranks.items()})
+    assert parent.info.status == "FAILED" and "flyte.failed_rank" in parent.data.tags
+    assert ranks["nodes_worker-rank-3"][0].info.status == "FAILED"
+    assert all(r.info.status != "RUNNING" for rs in ranks.values() for r in rs)
+
+
+@pytest.mark.parametrize("on_retry", ["new", "resume"])
+def test_an_elastic_restart_on_two_nodes_follows_on_retry_per_rank(
+    on_retry: Literal["new", "resume"],
+    tmp_path: Path,
+    relay: Relay,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+) -> None:
+    """Rank 3 fails once and the agents restart the workers: under ``new`` every rank's attempt gets a
+    run of its own (the earlier ones ended and replaced), under ``resume`` every rank reopens its run
+    (``flyte.attempts`` "0,0.1"), never a duplicate; both nodes' monitors start again for the new or
+    resumed run."""
+    ctx = mlflow_config(tracking_uri=relay.uri, experiment_id=experiment[1], on_retry=on_retry)
+    job = run_job(tmp_path, "nodes_restart", ctx, steps=STEPS, fail_rank=3, fail_restarts=1, ask_id=False)
+    assert not any(pod["failed"] for pod in job["pods"]), job["pods"]
+    parents, ranks = rank_runs(client, experiment[1])
+    print(
+        "runs:", [p.info.status for p in parents], {n: [r.info.status for r in rs] for n, rs in ranks.items()}
+    )
+    assert sorted(ranks) == [f"nodes_restart-rank-{r}" for r in (1, 2, 3)]
+    last = parents[-1]
+    assert last.info.status == "FINISHED"
+    if on_retry == "new":
+        assert len(parents) == 2 and parents[0].info.status != "RUNNING"
+        assert last.data.tags["flyte.replaces"] == parents[0].info.run_id
+        for runs in ranks.values():
+            assert len(runs) == 2 and runs[0].info.status != "RUNNING" and runs[1].info.status == "FINISHED"
+            assert runs[1].data.tags["flyte.replaces"] == runs[0].info.run_id
+    else:
+        assert len(parents) == 1 and last.data.tags["flyte.attempts"] == "0,0.1"
+        for runs in ranks.values():
+            (run,) = runs
+            assert run.info.status == "FINISHED" and run.data.tags["flyte.attempts"] == "0,0.1"
+    for node in ("node-0", "node-1"):
+        counted = samples(client, last.info.run_id, node)
+        print(on_retry, node, counted)
+        assert min(counted.values()) >= 2, counted
