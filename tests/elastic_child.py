@@ -18,6 +18,7 @@ from pathlib import Path
 
 import flyte
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import get_mlflow_run, get_mlflow_run_id, mlflow_run
 from flyteplugins.pytorch import Elastic
@@ -74,3 +75,14 @@ def ddp_auto(steps: int, fail_rank: int, ask_id: bool) -> str:
 @env.task
 def ddp_nested(steps: int, fail_rank: int, ask_id: bool) -> str:
     return train(steps, fail_rank, ask_id)
+
+
+@mlflow_run(tracking_uri=os.environ.get("TEST_DECORATOR_URI"))
+@env.task
+def ddp_uri_on_decorator(steps: int, fail_rank: int, ask_id: bool) -> str:
+    """The tracking URI is on the decorator only: rank 1 logs by id with a bare ``MlflowClient()``."""
+    result = train(steps, fail_rank, ask_id)
+    run_id = get_mlflow_run_id()
+    if get_mlflow_run() is None and run_id is not None:
+        MlflowClient().log_metric(run_id, "final_loss_rank_1", 1.0)
+    return result

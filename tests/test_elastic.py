@@ -229,3 +229,25 @@ def test_a_failing_rank_never_ends_a_run_it_only_shares(
     assert run.info.run_id == report["parent"]
     assert run.info.status == "FINISHED"
     assert "flyte.failed_rank" not in run.data.tags
+
+
+def test_other_ranks_reach_the_decorators_tracking_uri_with_a_bare_client(
+    tmp_path: Path, client: MlflowClient, tracking_uri: str, experiment: tuple[str, str]
+) -> None:
+    """With the tracking URI given only to ``@mlflow_run(tracking_uri=...)`` (not in the context, not in
+    ``MLFLOW_TRACKING_URI``), rank 1's ``MlflowClient()`` reaches that server while the task runs: its
+    metric lands in rank 0's run."""
+    inputs = make_inputs(
+        "ddp_uri_on_decorator",
+        mlflow_config(experiment_id=experiment[1]),
+        module="elastic_child",
+        steps=STEPS,
+        fail_rank=NO_RANK,
+        ask_id=True,
+    )
+    action = Action(tmp_path, "ddp_uri_on_decorator", inputs, module="elastic_child")
+    proc = action.start(0, {"TEST_DECORATOR_URI": tracking_uri})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and not action.failed(), out.decode(errors="replace")[-3000:]
+    (run,) = client.search_runs([experiment[1]])
+    assert run.info.status == "FINISHED" and "final_loss_rank_1" in run.data.metrics
