@@ -7,10 +7,16 @@ processes, each running the task body with ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZ
 MLflow run; every other rank runs untracked and sends nothing, unless it asks for rank 0's run id
 with ``get_mlflow_run_id()``, as rank 1 does here to add its own final loss to the run.
 
+``train_nodes`` is the same training as a job of two nodes (two pods of two workers each) with
+``log_system_metrics=True``: the first worker of each node monitors its machine into rank 0's run,
+under ``system/node-0/...`` and ``system/node-1/...``. The pod without rank 0 returns ``None``, so the
+task returns ``str | None``.
+
 Flyte's local mode runs an Elastic task's body once, in the calling process, with no workers and
 no ``RANK``; the body then trains alone in a process group of one. So
-``python examples/distributed.py [TRACKING_URI]`` works on a laptop, and the tests also run the same
-task the way a pod runs it, with two workers. Without a URI it tracks into ``.demo/``.
+``python examples/distributed.py [TRACKING_URI]`` works on a laptop (without a URI it tracks into
+``.demo/``), and the tests also run the tasks the way pods run them: ``train_ddp`` as one pod of two
+workers, ``train_nodes`` as two pods.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import (
-    get_mlflow_context,
     get_mlflow_run,
     get_mlflow_run_id,
     mlflow_config,
@@ -37,6 +42,9 @@ EXPERIMENT = "flyte-ddp"
 
 env = flyte.TaskEnvironment(
     name="mlflow-ddp", plugin_config=Elastic(nproc_per_node=2, nnodes=1, max_restarts=0)
+)
+nodes = flyte.TaskEnvironment(
+    name="mlflow-ddp-nodes", plugin_config=Elastic(nproc_per_node=2, nnodes=2, max_restarts=0)
 )
 
 
@@ -54,13 +62,11 @@ def _join_process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-@mlflow_run(experiment_name=EXPERIMENT)
-@env.task
-def train_ddp(steps: int, lr: float) -> str:
+def _fit(steps: int, lr: float) -> str | None:
     """Fit a linear model with DDP for ``steps`` steps; rank 0 logs the loss of every step.
 
     Returns:
-        The id of the run that rank 0 logged to (the task's output is rank 0's).
+        On rank 0, the id of the run it logged to; ``None`` on the other ranks.
     """
     import torch
     import torch.distributed as dist
@@ -84,12 +90,34 @@ def train_ddp(steps: int, lr: float) -> str:
         if tracked:
             mlflow.log_metric("loss", loss.item(), step=step)
     run_id = get_mlflow_run_id()  # rank 0's run, on every rank
-    if not tracked and run_id is not None:
-        settings = get_mlflow_context()
-        uri = settings.tracking_uri if settings is not None else None
-        MlflowClient(uri).log_metric(run_id, f"final_loss_rank_{rank}", loss.item())
+    if not tracked and run_id is not None:  # MLflow's tracking URI is rank 0's here
+        MlflowClient().log_metric(run_id, f"final_loss_rank_{rank}", loss.item())
     dist.destroy_process_group()
-    return str(run_id)
+    return run_id if rank == 0 else None
+
+
+@mlflow_run(experiment_name=EXPERIMENT)
+@env.task
+def train_ddp(steps: int, lr: float) -> str:
+    """Fit a linear model with DDP on two workers in one pod; rank 0 logs the loss of every step.
+
+    Returns:
+        The id of the run that rank 0 logged to (the task's output is rank 0's).
+    """
+    return str(_fit(steps, lr) or get_mlflow_run_id())
+
+
+@mlflow_run(experiment_name=EXPERIMENT, log_system_metrics=True)
+@nodes.task
+def train_nodes(steps: int, lr: float) -> str | None:
+    """The same training on two nodes of two workers each, with every node's system metrics in the
+    run: ``system/node-0/...`` and ``system/node-1/...`` (see docs/distributed-training.md).
+
+    Returns:
+        On the pod with rank 0, the id of the run; ``None`` on the other pod, as Flyte's Elastic
+        returns there.
+    """
+    return _fit(steps, lr)
 
 
 def default_tracking_uri() -> str:

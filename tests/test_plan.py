@@ -151,3 +151,21 @@ def test_rank_scope_comes_from_the_tracker_then_the_context() -> None:
     assert by_context is not None and by_context.rank_scope is RankScope.WORKER
     assert by_tracker is not None and by_tracker.rank_scope is RankScope.WORKER
     assert neither is not None and neither.rank_scope is RankScope.GLOBAL
+
+
+def test_rank_runs_carry_a_tracked_callers_root_but_not_rank_0s_own_sweep() -> None:
+    """Under ``rank_scope="worker"`` a rank's run carries the root action that rank 0's run carries
+    (a tracked caller's sweep covers it) and none when rank 0 is the root (its sweep may run before
+    the other ranks end); it takes its own action and attempt, and ``on_retry`` on a restart."""
+    from flyteplugins.mlflow import _worker_runs
+
+    worker = MlflowRun(rank_scope="worker", run_mode="nested")
+    child = task(0, 1, inherited=Inherited("parent", "0", root_action="root-action"))
+    for snap, root in [(child, "root-action"), (task(0, 1), None)]:
+        rank0 = plan(worker, 0, snap, URI)
+        assert rank0 is not None
+        made = _worker_runs.template(rank0, 2, worker, snap, "train", task_run=True)
+        assert made is not None and made.run_name == "train-rank-2" and made.tags.get(ROOT_TAG) == root
+        assert made.tags[ACTION_TAG] == f"{ACTION}/rank-2" and made.tags[ATTEMPTS_TAG] == "0.1"
+        assert made.retry is OnRetry.NEW and made.sweep_root is None
+    assert _worker_runs.template(plan(MlflowRun(), 0, task(), URI), 2, MlflowRun(), task(), "t", True) is None  # type: ignore[arg-type]

@@ -150,7 +150,8 @@ def mlflow_run(target: Any = None, /, **options: Any) -> Any:
 def get_mlflow_run() -> ActiveRun | None:
     """The MLflow run of the tracked task or function being executed, or ``None`` outside one.
 
-    Also ``None`` on ranks other than 0 (use ``get_mlflow_run_id`` there), in an untracked task even
+    On ranks other than 0 it is that rank's own run under ``rank_scope="worker"``, and ``None`` under
+    the default ``"global"`` (use ``get_mlflow_run_id`` there). Also ``None`` in an untracked task even
     when a tracked task called it, and when tracking is off because the server failed under
     ``on_tracking_error="warn"``.
 
@@ -164,7 +165,8 @@ def get_mlflow_run_id() -> str | None:
     """The id of the MLflow run that rank 0 logs to, on every rank of a distributed job.
 
     On rank 0 (and in any ordinary tracked call) it is the id of ``get_mlflow_run()``'s run, at no
-    cost. On other ranks, which have no run, it is found: from the Flyte context when rank 0 shares
+    cost. On other ranks (which have no run, or under ``rank_scope="worker"`` a run of their own
+    nested under rank 0's) it is found: from the Flyte context when rank 0 shares
     its caller's run or resumes a given one, otherwise with one search of the tracking server per try
     while rank 0 has not created its run yet (up to 60 s). The answer is kept for the process, so only
     the first call costs anything. Other ranks can log to the run by id with ``MlflowClient``.

@@ -207,8 +207,13 @@ def find(server: Server, experiment_id: str, action_id: str, attempt: str, wait:
 
 
 def mark_failed(server: Server, run_id: str, rank: int, end_ms: int) -> None:
-    """Mark rank 0's run ``FAILED`` because ``rank`` failed; failures are logged, never raised."""
+    """Mark rank 0's run ``FAILED`` because ``rank`` failed, unless it has ended already (another rank
+    failed first, and the others then fail on gloo's errors: the tag names the first one); failures
+    are logged, never raised."""
     try:
+        if server.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+            logger.warning("rank %d failed; MLflow run %s had ended already: left as it is", rank, run_id)
+            return
         server.set_tags(run_id, {FAILED_RANK_TAG: str(rank)})
         server.set_status(run_id, RunStatus.to_string(RunStatus.FAILED), end_ms)
     except MlflowTrackingError as e:

@@ -28,7 +28,7 @@ from typing import Final
 
 import attrs
 
-from flyteplugins.mlflow import _ranks, _sweep
+from flyteplugins.mlflow import _ranks
 from flyteplugins.mlflow._config import MlflowConfig, MlflowTrackingSettings, OnRetry, OnTrackingError
 from flyteplugins.mlflow._context import TaskSnapshot
 from flyteplugins.mlflow._enums import RankScope
@@ -47,7 +47,9 @@ NODE_TAG: Final = "flyte.node"
 """The node's group rank (``GROUP_RANK``)."""
 WORLD_SIZE_TAG: Final = "flyte.world_size"
 _ENV: Final = {LOCAL_RANK_TAG: "LOCAL_RANK", NODE_TAG: "GROUP_RANK", WORLD_SIZE_TAG: "WORLD_SIZE"}
-_NOT_COPIED: Final = (ACTION_TAG, ATTEMPTS_TAG, PARENT_TAG, _sweep.ROOT_TAG)
+# Rank 0's ``flyte.root_action`` is copied (a tracked caller's sweep covers the rank runs); rank 0
+# itself, when it is the root, has none and does not sweep them: it may end before the other ranks.
+_NOT_COPIED: Final = (ACTION_TAG, ATTEMPTS_TAG, PARENT_TAG)
 
 
 def template(
