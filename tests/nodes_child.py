@@ -5,7 +5,8 @@ an ``Elastic(nnodes=2, nproc_per_node=2)`` task: both pods' elastic agents meet 
 on loopback (``PET_RDZV_ENDPOINT``), as the pods of one PyTorch job do, and spawn two gloo workers
 each: four ranks on two nodes. Each rank trains a tiny model with DDP, logs its loss per step where
 it has a run, and writes ``rank-<rank>-<restart>.json`` in its pod's working directory: its process
-id, its variables, its run and, when asked, ``get_mlflow_run_id()``. The pod without rank 0 returns
+id, its variables, its run, whether the plugin's SIGTERM handler is installed and, when asked,
+``get_mlflow_run_id()``. The pod without rank 0 returns
 ``None``, as Flyte's Elastic does, so the tasks return ``str | None``.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import flyte
 import mlflow
 
-from flyteplugins.mlflow import get_mlflow_run, get_mlflow_run_id, mlflow_run
+from flyteplugins.mlflow import _signals, get_mlflow_run, get_mlflow_run_id, mlflow_run
 from flyteplugins.pytorch import Elastic
 
 VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE")
@@ -57,6 +58,7 @@ def train(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -> str |
         "variables": {k: os.environ.get(k) for k in VARIABLES},
         "run_id": None if run is None else run.info.run_id,
         "rank0_run_id": rank0_run_id,
+        "sigterm_handler": _signals.installed(),
     }
     Path(f"rank-{rank}-{restart}.json").write_text(json.dumps(record))
     torch.manual_seed(rank)
@@ -81,7 +83,10 @@ def train(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -> str |
 @mlflow_run(log_system_metrics=True)
 @once.task
 def nodes_global(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -> str | None:
-    return train(steps, fail_rank, fail_restarts, ask_id)
+    result = train(steps, fail_rank, fail_restarts, ask_id)
+    if os.environ["GROUP_RANK"] == "1" and os.environ["LOCAL_RANK"] == "0":
+        time.sleep(1.5)  # node 1's monitor outlives rank 0's body: rank 0 must wait for it to stop
+    return result
 
 
 @mlflow_run(rank_scope="worker")

@@ -115,6 +115,7 @@ def test_every_node_monitors_into_rank_0s_run(
     records = {r["rank"]: r for r in job["records"]}
     assert sorted(records) == [0, 1, 2, 3]
     assert {r["variables"]["GROUP_RANK"] for r in records.values()} == {"0", "1"}
+    assert [records[r]["sigterm_handler"] for r in range(4)] == [True, False, False, False], "rank 0 only"
     (run,) = runs_of(client, experiment[1])
     assert run.info.status == "FINISHED" and run.info.run_id == records[0]["run_id"]
     print("runs:", [(r.info.run_name, r.info.status) for r in runs_of(client, experiment[1])])
@@ -147,17 +148,20 @@ def test_every_node_monitors_into_rank_0s_run(
 
 
 def test_the_distributed_examples_two_node_task_runs_as_two_pods(
-    tmp_path: Path, client: MlflowClient, tracking_uri: str, experiment: tuple[str, str]
+    tmp_path: Path, client: MlflowClient, tracking_uri: str
 ) -> None:
     """``examples/distributed.py``'s ``train_nodes``, run as two pods of two workers: both pods succeed
     (the one without rank 0 returns ``None``, which its ``str | None`` type allows), and the job's one
     run holds rank 0's loss, the other ranks' final losses and both nodes' system metrics."""
-    ctx = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1])
+    ctx = mlflow_config(tracking_uri=tracking_uri)
     job = run_job(
         tmp_path, "train_nodes", ctx, module="examples.distributed", sampling="0.1", steps=150, lr=0.05
     )
     assert not any(pod["failed"] for pod in job["pods"]), job["pods"]
-    (run,) = runs_of(client, experiment[1])
+    experiment = client.get_experiment_by_name("flyte-ddp")  # the example's
+    assert experiment is not None
+    query = "params.steps = '150' and params.world_size = '4'"
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=query)
     assert run.info.status == "FINISHED"
     assert {f"final_loss_rank_{r}" for r in (1, 2, 3)} | {"loss"} <= set(run.data.metrics)
     assert run.data.params["world_size"] == "4"
@@ -194,7 +198,7 @@ def test_rank_scope_worker_gives_every_rank_a_nested_run(
         (run,) = ranks[f"nodes_worker-rank-{r}"]
         record = records[r]
         assert run.info.run_id == record["run_id"] and record["rank0_run_id"] == parent.info.run_id
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED" and record["sigterm_handler"], "a rank that owns a run"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "flyte.root_action" not in run.data.tags, "rank 0 is the root: its sweep may not wait"
         variables = record["variables"]
