@@ -167,8 +167,9 @@ def test_queued_logging_rides_out_a_restart_without_holding_up_the_training(
     outages: Outages, where: tuple[MlflowClient, str]
 ) -> None:
     """300 points, one every 50 ms, with the server away for a restart of about 10 s in the middle:
-    every ``log_metric`` call returns at once (the slowest under 0.5 s), the loop takes its 15 s
-    (plus at most 3 s), and at the end all 300 points are stored once and the run is FINISHED."""
+    every ``log_metric`` call returns at once (the slowest under 0.5 s, all 300 under 3 s together:
+    the loop's own sleeps, which a loaded machine stretches, are not counted), and at the end all
+    300 points are stored once and the run is FINISHED."""
     client, experiment_id = where
     run = flyte.with_runcontext(mode="local", custom_context=context(outages.server, experiment_id)).run(
         logs_every_50ms, points=300, stop_at=60, down=5.0
@@ -176,9 +177,9 @@ def test_queued_logging_rides_out_a_restart_without_holding_up_the_training(
     run_id = run.outputs()[0]
     (loop,) = _loop
     assert len(_timings) == 300
-    print(f"slowest log_metric {max(_timings) * 1000:.1f} ms; loop {loop:.1f} s")
+    print(f"slowest log_metric {max(_timings) * 1000:.1f} ms, all {sum(_timings):.2f} s; loop {loop:.1f} s")
     assert max(_timings) < 0.5, "no log_metric call waited for the server"
-    assert loop < 15.0 + 3.0, "the loop was not held up by the outage"
+    assert sum(_timings) < 3.0, "the loop was not held up by the outage"
     assert steps(client, run_id, "loss") == list(range(300)), "every point, each stored once"
     assert client.get_run(run_id).info.status == "FINISHED"
 
