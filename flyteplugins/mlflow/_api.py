@@ -68,6 +68,7 @@ class ConfigOptions(TypedDict, total=False):
     report_metric: str | None
     report_goal: ReportGoal | Literal["minimize", "maximize"] | None
     rank_scope: RankScope | Literal["global", "worker"]
+    log_inputs: bool
     description: str
     log_system_metrics: bool
 

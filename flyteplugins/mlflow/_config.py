@@ -372,6 +372,7 @@ class MlflowTrackingSettings:
     report_metric: str | None = attrs.field(default=None, validator=_metric_name)
     report_goal: ReportGoal | None = attrs.field(default=None, converter=to_report_goal)
     rank_scope: RankScope = attrs.field(default=RankScope.GLOBAL, converter=to_rank_scope)
+    log_inputs: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.experiment_name is not None and self.experiment_id is not None:
@@ -472,6 +473,8 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
         rank_scope: In distributed training, ``"global"`` (the default): rank 0 alone has a run;
             ``"worker"``: every other rank also gets a run of its own, nested under rank 0's and
             named ``<task>-rank-<rank>`` (a ``RankScope`` or its string).
+        log_inputs: Record the inputs a task is called with as its run's params and datasets, when
+            the task owns its run (see "Inputs as params and datasets" in the user guide).
 
     Raises:
         ValueError: conflicting or invalid settings (the message names the field and the value).
@@ -560,6 +563,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "report": _Kind.FLAG,
     "report_goal": _Kind.GOAL,
     "rank_scope": _Kind.SCOPE,
+    "log_inputs": _Kind.FLAG,
 }
 _DEFAULTS: Final = {f.name: f.default for f in _FIELDS}
 

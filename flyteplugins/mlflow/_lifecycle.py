@@ -39,6 +39,7 @@ import attrs
 from typing_extensions import ParamSpec
 
 from flyteplugins.mlflow import (
+    _inputs,
     _journal,
     _mlflow_state,
     _provenance,
@@ -409,6 +410,8 @@ def _tracked_sync(p: Plan | None, func: Callable[P, R], /, *args: P.args, **kwar
         return func(*args, **kwargs)
     runs: list[ActiveRun] = [opened.run]
     try:
+        if opened.plan.log_inputs and opened.owned:
+            _inputs.record(opened.plan, opened.run, func, args, kwargs)
         with bound(opened) as runs:
             result = func(*args, **kwargs)
     except BaseException as error:
@@ -478,6 +481,10 @@ async def _tracked_async(
         return await func(*args, **kwargs)
     runs: list[ActiveRun] = [opened.run]
     try:
+        if opened.plan.log_inputs and opened.owned:
+            _, cancelled = await _complete(_inputs.record, p, opened.run, func, args, kwargs)
+            if cancelled:
+                raise asyncio.CancelledError
         with bound(opened) as runs:
             result = await func(*args, **kwargs)
     except BaseException as error:

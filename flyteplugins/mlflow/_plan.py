@@ -64,6 +64,7 @@ class Plan:
     report: _report.ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
     journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _journal)
     rank_scope: RankScope = RankScope.GLOBAL  # for the other ranks: a run each (see _worker_runs)
+    log_inputs: bool = False  # record the call's inputs as params and datasets (see _inputs)
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
@@ -223,4 +224,5 @@ def plan(
         report=_report.wanted(own, ctx) if snap.in_task and task_run else None,
         journal_dir=snap.raw_data,
         rank_scope=own.rank_scope if own.rank_scope is not RankScope.GLOBAL else ctx.rank_scope,
+        log_inputs=own.log_inputs or ctx.log_inputs,
     )

@@ -46,7 +46,7 @@ from flyteplugins.mlflow._errors import (
     TrackingServerUnreachable,
 )
 from flyteplugins.mlflow._http import send
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import (
     CreateExperiment,
@@ -55,6 +55,7 @@ from mlflow.protos.service_pb2 import (
     GetMetricHistory,
     GetRun,
     LogBatch,
+    LogInputs,
     SearchRuns,
     UpdateRun,
 )
@@ -246,6 +247,10 @@ class Server(Protocol):
         """Store metrics, params and tags in one request."""
         ...
 
+    def log_inputs(self, run_id: str, datasets: list[DatasetInput]) -> None:
+        """Record datasets as the run's inputs in one request."""
+        ...
+
 
 _M = TypeVar("_M", bound=Message)
 
@@ -405,6 +410,11 @@ class RestServer:
             "tags": [{"key": t.key, "value": t.value} for t in tags],
         }
         self._call("store queued values", "runs/log-batch", request, LogBatch.Response(), deadline=deadline)
+
+    def log_inputs(self, run_id: str, datasets: list[DatasetInput]) -> None:
+        """Record datasets as the run's inputs in one request; retried, as the server keeps one copy."""
+        request = LogInputs(run_id=run_id, datasets=[d.to_proto() for d in datasets])
+        self._call("record the run's inputs", "runs/log-inputs", request, LogInputs.Response())
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
@@ -602,6 +612,10 @@ class StoreServer:
         self._guard(
             "store values", lambda: self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         )
+
+    def log_inputs(self, run_id: str, datasets: list[DatasetInput]) -> None:
+        """Record datasets as the run's inputs through ``MlflowClient``."""
+        self._guard("record the run's inputs", lambda: self.client.log_inputs(run_id, datasets=datasets))
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str, max_results: int, order_by: str = _NEWEST
