@@ -228,6 +228,7 @@ ROUND_TRIPS: list[dict[str, Any]] = [
     {"report": True, "report_metric": "val/rmse", "report_goal": "maximize"},
     {"report_metric": "2024"},
     {"report_goal": "minimize"},
+    {"log_inputs": True},
 ]
 
 
@@ -386,6 +387,7 @@ def test_run_name_and_id_conflict(build: Any) -> None:
         ("request_timeout", "2"),
         ("outage_timeout", "300"),
         ("outage_timeout", True),
+        ("log_inputs", "true"),
     ],
 )
 def test_wrong_type_names_the_field(build: Any, field: str, value: object) -> None:

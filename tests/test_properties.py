@@ -123,6 +123,7 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
     maybe("report_metric", st.from_regex(r"[\w./ :-]{1,30}", fullmatch=True))
     maybe("report_goal", st.sampled_from([None, *ReportGoal, "minimize", "maximize"]))
     maybe("rank_scope", st.sampled_from([*RankScope, "global", "worker"]))
+    maybe("log_inputs", st.booleans())
     return out
 
 
