@@ -35,6 +35,7 @@ GET_RUN = ("GET", "/api/2.0/mlflow/runs/get")
 BY_NAME = ("GET", "/api/2.0/mlflow/experiments/get-by-name")
 LOG_BATCH = ("POST", "/api/2.0/mlflow/runs/log-batch")
 LOG_METRIC = ("POST", "/api/2.0/mlflow/runs/log-metric")
+LOG_INPUTS = ("POST", "/api/2.0/mlflow/runs/log-inputs")
 
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
 _ANSWER = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)[^"]*" (\d{3})')

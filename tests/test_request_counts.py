@@ -34,7 +34,18 @@ from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import RestServer, server_for
 from tests.conftest import MlflowServer
-from tests.support import BY_NAME, CREATE, GET_RUN, LOG_BATCH, LOG_METRIC, SEARCH, UPDATE, Relay, own_run_id
+from tests.support import (
+    BY_NAME,
+    CREATE,
+    GET_RUN,
+    LOG_BATCH,
+    LOG_INPUTS,
+    LOG_METRIC,
+    SEARCH,
+    UPDATE,
+    Relay,
+    own_run_id,
+)
 
 env = flyte.TaskEnvironment(name="request-counts")
 
@@ -685,3 +696,79 @@ def test_logged_model_provenance_costs_no_request(
     tagged = client.get_logged_model(str(tracked_id)).tags
     assert tagged["flyte.action_name"] and tagged["flyte.run_name"]
     assert not any(k.startswith("flyte.") for k in client.get_logged_model(plain_id).tags)
+
+
+# --- log_inputs: a task's inputs as params and datasets (issue 21) -----------------------------
+
+
+@mlflow_run
+@env.task
+async def with_inputs(
+    lr: float, depth: int, optimizer: str, data: flyte.io.File, table: flyte.io.File
+) -> str:
+    return own_run_id()
+
+
+@mlflow_run
+@env.task
+async def with_inputs_logging(lr: float, depth: int, steps: int) -> str:
+    for step in range(steps):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+    return own_run_id()
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_inputs_cost_one_log_batch_and_one_log_inputs(
+    on: bool, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """With ``log_inputs=True`` a task's three params go in one log-batch and its two datasets in one
+    log-inputs, between the create and the status; with it off the requests are those of a bare task."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], log_inputs=on)
+    files = {"data": flyte.io.File(path="s3://b/train.csv"), "table": flyte.io.File(path="s3://b/t.csv")}
+    run_id, seen = counted(mlflow_server, config, with_inputs, lr=0.1, depth=3, optimizer="adam", **files)
+    run = client.get_run(str(run_id))
+    if on:
+        assert seen == [CREATE, LOG_BATCH, LOG_INPUTS, UPDATE, SEARCH]
+        assert run.data.params == {"lr": "0.1", "depth": "3", "optimizer": "adam"}
+        assert run.inputs is not None and len(run.inputs.dataset_inputs) == 2
+    else:
+        assert seen == [CREATE, UPDATE, SEARCH]
+        assert run.data.params == {}
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_with_async_logging_the_inputs_ride_the_queues_first_batch(
+    on: bool,
+    mlflow_server: MlflowServer,
+    client: MlflowClient,
+    experiment: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``async_logging=True`` the params are queued ahead of the body's metrics: the task still sends
+    one log-batch, which carries both (the queue's interval is set beyond the task's length)."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(
+        tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True, log_inputs=on
+    )
+    run_id, seen = counted(mlflow_server, config, with_inputs_logging, lr=0.1, depth=3, steps=5)
+    assert seen == [CREATE, LOG_BATCH, UPDATE, SEARCH]
+    run = client.get_run(str(run_id))
+    assert run.data.params == ({"lr": "0.1", "depth": "3", "steps": "5"} if on else {})
+    assert len(client.get_metric_history(str(run_id), "loss")) == 5
+
+
+def test_more_params_than_a_request_takes_go_in_one_log_batch_per_hundred(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A tracked function whose mapping input flattens to 150 params sends them in two log-batch
+    requests (MLflow takes at most 100 params in one)."""
+
+    @mlflow_run(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], log_inputs=True)
+    def tracked(grid: dict[str, int]) -> str:
+        return own_run_id()
+
+    mark = mlflow_server.mark()
+    run_id = tracked({f"p{i:03d}": i for i in range(150)})
+    seen = mlflow_server.requests(mark)
+    assert seen == [CREATE, LOG_BATCH, LOG_BATCH, UPDATE]
+    assert len(client.get_run(run_id).data.params) == 150
