@@ -2,9 +2,10 @@
 
 The study task samples hyper-parameters for a small decision-tree regressor, starts every trial at
 once with ``asyncio.gather``, and logs the best trial. Each trial is a ``nested`` task: it gets a run
-of its own whose ``mlflow.parentRunId`` is the study's run, and it logs with the ordinary
-``mlflow.log_param`` / ``mlflow.log_metric`` calls, queued (``async_logging=True``) so that they do
-not block the event loop the trials share. The plugin gives every task its own active-run stack, so
+of its own whose ``mlflow.parentRunId`` is the study's run. Its hyper-parameters are its inputs, and
+``log_inputs=True`` records them as the run's params, so no task calls ``mlflow.log_params`` for
+them. The score is logged with the ordinary ``mlflow.log_metric``, queued (``async_logging=True``)
+so that it does not block the event loop the trials share. The plugin gives every task its own active-run stack, so
 parallel trials never log into each other's runs, even though they share one thread.
 
 Run it with ``python examples/hpo.py [TRACKING_URI]``. Without a URI it tracks into the SQLite file
@@ -36,11 +37,12 @@ EXPERIMENT = "flyte-hpo"
 
 env = flyte.TaskEnvironment(name="mlflow-hpo")
 
-# One tracker for every trial: a run nested under the caller's. Its link shows the study's run.
+# One tracker for every trial: a run nested under the caller's, with the trial's inputs as its params
+# (log_inputs=True: number, max_depth, min_samples_leaf). Its link shows the study's run.
 # The trials share one event loop, so their logging is queued (async_logging=True): an mlflow.log_*
 # call returns at once instead of holding up the other trials, and the plugin stores everything a
 # trial queued before it ends the trial's run. A call the server refuses fails the trial at its end.
-nested = MlflowRun(run_mode=RunMode.NESTED, async_logging=True)
+nested = MlflowRun(run_mode=RunMode.NESTED, async_logging=True, log_inputs=True)
 
 
 @dataclass
@@ -75,10 +77,9 @@ def split() -> tuple[Any, Any, Any, Any]:
 @nested
 @env.task(links=(nested.link(),))
 async def trial(number: int, max_depth: int, min_samples_leaf: int) -> Trial:
-    """Fit one model and log its hyper-parameters and validation RMSE into this trial's run."""
+    """Fit one model and log its validation RMSE into this trial's run (its inputs are already there)."""
     run = get_mlflow_run()
     assert run is not None
-    mlflow.log_params({"trial": number, "max_depth": max_depth, "min_samples_leaf": min_samples_leaf})
 
     x_train, x_val, y_train, y_val = split()
     model = DecisionTreeRegressor(max_depth=max_depth, min_samples_leaf=min_samples_leaf, random_state=0)
@@ -89,13 +90,13 @@ async def trial(number: int, max_depth: int, min_samples_leaf: int) -> Trial:
     return Trial(number, max_depth, min_samples_leaf, rmse, str(run.info.run_id))
 
 
-@mlflow_run(experiment_name=EXPERIMENT, tags={"example": "hpo"})
+@mlflow_run(experiment_name=EXPERIMENT, tags={"example": "hpo"}, log_inputs=True)
 @env.task
 async def search(n_trials: int, seed: int = 0) -> Study:
     """Run ``n_trials`` random trials in parallel and record the best one in the study's run."""
     run = get_mlflow_run()
     assert run is not None
-    mlflow.log_params({"n_trials": n_trials, "seed": seed, "model": "DecisionTreeRegressor"})
+    mlflow.log_param("model", "DecisionTreeRegressor")  # n_trials and seed are recorded as inputs
 
     rng = random.Random(seed)
     space = [(rng.randint(1, 12), rng.randint(1, 40)) for _ in range(n_trials)]

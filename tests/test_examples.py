@@ -108,8 +108,8 @@ def test_hpo_trials_each_log_into_their_own_nested_run(tracking_uri: str, client
     for run_id, t in trials.items():
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert run.data.params == {
-            "trial": str(t.number),
+        assert run.data.params == {  # the trial's inputs, recorded by log_inputs=True
+            "number": str(t.number),
             "max_depth": str(t.max_depth),
             "min_samples_leaf": str(t.min_samples_leaf),
         }
@@ -123,6 +123,7 @@ def test_hpo_trials_each_log_into_their_own_nested_run(tracking_uri: str, client
     assert parent.data.params["best_max_depth"] == str(best.max_depth)
     assert parent.data.params["best_min_samples_leaf"] == str(best.min_samples_leaf)
     assert parent.data.params["n_trials"] == "12"
+    assert parent.data.params["seed"] == "3"
     assert parent.data.tags["best_run_id"] == best.run_id
 
 
