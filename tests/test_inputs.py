@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,14 @@ import pydantic
 import pytest
 from flyte.io import DataFrame, Dir, File
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import Browser
 
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
 from flyteplugins.mlflow._inputs import LONG_VALUES_ARTIFACT, MAX_DEPTH, MAX_ITEMS, MAX_VALUE
 from tests.conftest import MlflowServer
 from tests.inputs_child import Model, Optimizer, TrainConfig, every_type, logs_lr_again, study
 from tests.pods import Action, make_inputs
-from tests.support import own_run_id
+from tests.support import own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="inputs")
 
@@ -305,3 +307,34 @@ def test_a_deep_structure_stops_at_the_documented_depth() -> None:
     got = inputs_of(f, ({"a": {"b": {"c": 1, "d": {"e": 2}}}},), {}).params
     assert got == {"cfg.a.b.c": "1"}
     assert MAX_DEPTH == 4
+
+
+# --- in the MLflow UI --------------------------------------------------------------------------
+
+
+def test_the_run_page_shows_the_inputs_as_params_and_datasets(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], browser: Browser
+) -> None:
+    """MLflow's run page lists a task's inputs under Parameters and its data inputs under Datasets, each
+    with its digest and the context "Input"; the credential-named input is nowhere."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    run_id = run_local(config, every_type, **EVERY_TYPE)
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    page.goto(
+        f"{mlflow_server.uri}/#/experiments/{experiment[1]}/runs/{run_id}?workflowType=machine_learning"
+    )
+    page.get_by_text("config.schedule.warmup").first.wait_for(timeout=30_000)
+    if page.get_by_role("button", name="Close").count() == 1:  # MLflow's assistant panel, beside the run
+        page.get_by_role("button", name="Close").click()
+    assert page.get_by_text("Parameters (15)").count() == 1
+    for name in ("optimizer", "model.activation", "extra.dropout", "note"):
+        assert page.get_by_text(name, exact=True).count() == 1, name
+    page.get_by_text("data (5d41402abc4b2a76b9719d911017c592)").wait_for(timeout=30_000)
+    page.get_by_text("+2", exact=True).first.click()  # the other two datasets, in a list that opens
+    for dataset in ("images", "table"):
+        page.get_by_text(re.compile(rf"^{dataset} \([0-9a-f]{{16}}\)$")).wait_for(timeout=30_000)
+    assert page.get_by_text(re.compile("^input$", re.IGNORECASE)).count() == 3  # each one's context
+    body = page.locator("body").inner_text()
+    assert "api_key" not in body and "never-recorded" not in body
+    screenshot(page, "inputs-params-and-datasets")
+    page.close()
