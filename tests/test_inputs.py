@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import re
@@ -22,12 +23,19 @@ from flyte.io import DataFrame, Dir, File
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
-from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
-from flyteplugins.mlflow._inputs import LONG_VALUES_ARTIFACT, MAX_DEPTH, MAX_ITEMS, MAX_VALUE
+from flyteplugins.mlflow import MlflowConfig, MlflowTrackingError, mlflow_config, mlflow_run
+from flyteplugins.mlflow._inputs import (
+    LONG_VALUES_ARTIFACT,
+    MAX_DEPTH,
+    MAX_ITEMS,
+    MAX_VALUE,
+    inputs_of,
+    looks_like_credential,
+)
 from tests.conftest import MlflowServer
 from tests.inputs_child import Model, Optimizer, TrainConfig, every_type, logs_lr_again, study
 from tests.pods import Action, make_inputs
-from tests.support import own_run_id, screenshot
+from tests.support import Relay, own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="inputs")
 
@@ -92,6 +100,13 @@ def _assert_every_type(client: MlflowClient, run_id: str) -> None:
         "images": ("s3://bucket/images", "input"),
         "table": ("s3://bucket/table.parquet", "input"),
     }
+    assert found["images"][1] == hashlib.sha256(b"s3://bucket/images").hexdigest()[:16], "no hash: the URI's"
+    inputs = client.get_run(run_id).inputs
+    assert inputs is not None
+    by_name = {given.dataset.name: given.dataset for given in inputs.dataset_inputs}
+    assert {d.source_type for d in by_name.values()} == {"s3"}
+    assert json.loads(by_name["table"].profile) == {"flyte_type": "DataFrame", "format": "parquet"}
+    assert json.loads(by_name["data"].profile) == {"flyte_type": "File"}
 
 
 def test_every_type_becomes_params_and_datasets(
@@ -183,13 +198,14 @@ def test_the_setting_works_from_the_context_and_is_off_by_default(
         assert datasets(client, run_id) == {}
 
 
+@pytest.mark.parametrize("queued", [False, True])
 @pytest.mark.parametrize("again", [0.1, 0.2])
 def test_logging_an_input_again_behaves_as_in_mlflow(
-    again: float, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+    again: float, queued: bool, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
     """The body logging a param an input already set: the same value is accepted; a different one is
-    MLflow's own error, which fails the task and its run."""
-    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    MLflow's own error, which fails the task and its run (with ``async_logging``, at the task's end)."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=queued)
     if again == 0.1:
         run_id = run_local(config, logs_lr_again, lr=0.1, again=again)
         assert client.get_run(run_id).info.status == "FINISHED"
@@ -298,15 +314,99 @@ def test_a_long_value_is_cut_with_a_marker_and_kept_whole_in_an_artifact(
     assert json.loads(Path(local).read_text()) == {"prompt": prompt}
 
 
+def test_names_mlflow_refuses_and_odd_keys_are_skipped_and_lists_of_data_are_datasets() -> None:
+    """A key too long or with a character MLflow refuses, and a mapping key that is neither a string nor
+    a number, are skipped; number keys are names; a list of Files is one dataset per item, and a local
+    path's source type is "local"; a time is its ISO text."""
+
+    def f(grid: dict[Any, int], shards: list[File], at: datetime.time) -> None: ...
+
+    grid = {"a+b": 1, "x" * 300: 2, 7: 3, (1, 2): 4, "ok": 5}
+    got = inputs_of(f, (grid, [File(path="/data/0.csv"), File(path="/data/1.csv")], datetime.time(9, 30)), {})
+    assert got.params == {"grid.7": "3", "grid.ok": "5", "at": "09:30:00"}
+    assert [(d.dataset.name, d.dataset.source_type) for d in got.datasets] == [
+        ("shards.0", "local"),
+        ("shards.1", "local"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("password", True),
+        ("db_passwd", True),
+        ("openai_api_key", True),
+        ("hfToken", True),
+        ("AWS_ACCESS_KEY", True),
+        ("private_key", True),
+        ("auth", True),
+        ("max_tokens", False),
+        ("author", False),
+        ("keyboard", False),
+        ("tokenizer", False),
+    ],
+)
+def test_credential_names(name: str, secret: bool) -> None:
+    """Names with a credential word or pair are secrets; words that merely contain one are not."""
+    assert looks_like_credential(name) is secret
+
+
 def test_a_deep_structure_stops_at_the_documented_depth() -> None:
     """Keys have at most ``MAX_DEPTH`` parts: the fourth level of a dict is recorded, the fifth is not."""
-    from flyteplugins.mlflow._inputs import inputs_of
 
     def f(cfg: dict[str, Any]) -> None: ...
 
     got = inputs_of(f, ({"a": {"b": {"c": 1, "d": {"e": 2}}}},), {}).params
     assert got == {"cfg.a.b.c": "1"}
     assert MAX_DEPTH == 4
+
+
+@pytest.mark.parametrize("policy", ["raise", "warn"])
+def test_inputs_that_cannot_be_stored_follow_on_tracking_error(
+    policy: str, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """A server that hangs up on the log-inputs request: under ``raise`` the call fails and its run is
+    FAILED; under ``warn`` the body runs and the run FINISHES with its params."""
+    relay = Relay(mlflow_server.uri, before=lambda method, path: not path.endswith("/runs/log-inputs"))
+    ran: list[str] = []
+    try:
+
+        @mlflow_run(
+            tracking_uri=relay.uri,
+            experiment_id=experiment[1],
+            log_inputs=True,
+            on_tracking_error=policy,
+            request_retries=0,
+            outage_timeout=0,
+        )
+        def tracked(lr: float, data: File) -> None:
+            ran.append(own_run_id())
+
+        if policy == "raise":
+            with pytest.raises(MlflowTrackingError, match="record the run's inputs"):
+                tracked(0.5, File(path=DATA))
+            assert ran == []
+        else:
+            tracked(0.5, File(path=DATA))
+            assert len(ran) == 1
+    finally:
+        relay.close()
+    (run,) = client.search_runs([experiment[1]])
+    assert run.info.status == ("FAILED" if policy == "raise" else "FINISHED")
+    assert run.data.params == {"lr": "0.5"}
+
+
+def test_a_rank_other_than_0_records_nothing(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """Only rank 0 logs: on rank 1 a tracked call with ``log_inputs=True`` makes no request."""
+
+    @mlflow_run(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], log_inputs=True, rank=1)
+    def tracked(lr: float) -> None: ...
+
+    mark = mlflow_server.mark()
+    tracked(0.5)
+    assert mlflow_server.requests(mark) == []
 
 
 # --- in the MLflow UI --------------------------------------------------------------------------

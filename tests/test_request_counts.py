@@ -736,6 +736,15 @@ def test_inputs_cost_one_log_batch_and_one_log_inputs(
         assert run.data.params == {}
 
 
+def test_a_task_without_inputs_records_nothing_and_asks_nothing(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """``log_inputs=True`` on a task that takes no inputs adds no request."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], log_inputs=True)
+    _, seen = counted(mlflow_server, config, top)
+    assert seen == [CREATE, UPDATE, SEARCH]
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_with_async_logging_the_inputs_ride_the_queues_first_batch(
     on: bool,
