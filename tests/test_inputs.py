@@ -23,7 +23,7 @@ from flyte.io import DataFrame, Dir, File
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
-from flyteplugins.mlflow import MlflowConfig, MlflowTrackingError, mlflow_config, mlflow_run
+from flyteplugins.mlflow import MlflowConfig, MlflowTrackingError, OnTrackingError, mlflow_config, mlflow_run
 from flyteplugins.mlflow._inputs import (
     LONG_VALUES_ARTIFACT,
     MAX_DEPTH,
@@ -105,8 +105,8 @@ def _assert_every_type(client: MlflowClient, run_id: str) -> None:
     assert inputs is not None
     by_name = {given.dataset.name: given.dataset for given in inputs.dataset_inputs}
     assert {d.source_type for d in by_name.values()} == {"s3"}
-    assert json.loads(by_name["table"].profile) == {"flyte_type": "DataFrame", "format": "parquet"}
-    assert json.loads(by_name["data"].profile) == {"flyte_type": "File"}
+    assert json.loads(by_name["table"].profile or "") == {"flyte_type": "DataFrame", "format": "parquet"}
+    assert json.loads(by_name["data"].profile or "") == {"flyte_type": "File"}
 
 
 def test_every_type_becomes_params_and_datasets(
@@ -361,9 +361,9 @@ def test_a_deep_structure_stops_at_the_documented_depth() -> None:
     assert MAX_DEPTH == 4
 
 
-@pytest.mark.parametrize("policy", ["raise", "warn"])
+@pytest.mark.parametrize("policy", [OnTrackingError.RAISE, OnTrackingError.WARN])
 def test_inputs_that_cannot_be_stored_follow_on_tracking_error(
-    policy: str, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+    policy: OnTrackingError, mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
     """A server that hangs up on the log-inputs request: under ``raise`` the call fails and its run is
     FAILED; under ``warn`` the body runs and the run FINISHES with its params."""
@@ -382,7 +382,7 @@ def test_inputs_that_cannot_be_stored_follow_on_tracking_error(
         def tracked(lr: float, data: File) -> None:
             ran.append(own_run_id())
 
-        if policy == "raise":
+        if policy is OnTrackingError.RAISE:
             with pytest.raises(MlflowTrackingError, match="record the run's inputs"):
                 tracked(0.5, File(path=DATA))
             assert ran == []
@@ -392,7 +392,7 @@ def test_inputs_that_cannot_be_stored_follow_on_tracking_error(
     finally:
         relay.close()
     (run,) = client.search_runs([experiment[1]])
-    assert run.info.status == ("FAILED" if policy == "raise" else "FINISHED")
+    assert run.info.status == ("FAILED" if policy is OnTrackingError.RAISE else "FINISHED")
     assert run.data.params == {"lr": "0.5"}
 
 

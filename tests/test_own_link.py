@@ -8,7 +8,6 @@ exactly the task's own run.
 from __future__ import annotations
 
 import asyncio
-import html
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -195,11 +194,10 @@ def test_runs_are_named_after_their_tasks_in_the_ui(
     experiment: tuple[str, str],
     client: MlflowClient,
     browser: Browser,
-    tmp_path: Path,
 ) -> None:
     """The experiment's run list shows the task names (study, trial, baseline), never random names."""
     uri, experiment_id = mlflow_server.uri, experiment[1]
-    _, links = _study(recorded, uri, experiment_id)
+    _study(recorded, uri, experiment_id)
     runs = client.search_runs([experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["baseline", "study", "trial", "trial", "trial"]
     url = (
@@ -210,28 +208,6 @@ def test_runs_are_named_after_their_tasks_in_the_ui(
     assert len(_listed_run_ids(page)) == 5
     assert page.get_by_text("5 matching runs").count() == 1
     screenshot(page, "runs-named-after-tasks")
-    page.close()
-    _screenshot_recorded_links(browser, links, tmp_path)
-
-
-def _screenshot_recorded_links(browser: Browser, links: Links, tmp_path: Path) -> None:
-    """A picture of the links that Flyte recorded for the run's actions (Flyte's local run store has no web
-    UI, so this is a plain table of what a Flyte console shows as each action's links)."""
-    rows = "".join(
-        f"<tr><td>{html.escape(task)}</td><td>{html.escape(name)}</td>"
-        f"<td><a href='{html.escape(url)}'>{html.escape(url) or '(no link)'}</a></td></tr>"
-        for task, pairs in sorted(links.items())
-        for name, url in pairs
-    )
-    page = browser.new_page(viewport={"width": 1280, "height": 400})
-    page.set_content(
-        "<style>body{font:14px sans-serif}td{padding:4px 8px;border-bottom:1px solid #ddd;white-space:nowrap}"
-        "td:last-child{white-space:normal;"
-        "word-break:break-all}</style><h3>Links recorded by Flyte for each action</h3>"
-        f"<table><tr><th>task</th><th>link</th><th>URL</th></tr>{rows}</table>"
-    )
-    assert page.locator("tr").count() == 1 + sum(len(p) for p in links.values())
-    screenshot(page, "flyte-recorded-links", full_page=True)
     page.close()
 
 
