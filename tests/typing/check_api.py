@@ -146,6 +146,8 @@ mlflow_config(report_goal="lowest")  # type: ignore[arg-type]
 mlflow_run(report_goal=ReportGoal.LOWEST)  # type: ignore[attr-defined]
 mlflow_run(report=True, report_metric=3)  # type: ignore[call-overload]
 reports: MlflowRun = mlflow_run(report=True, report_metric="rmse", report_goal="maximize")
+records: MlflowRun = mlflow_run(run_mode="nested", log_inputs=True)
+mlflow_run(log_inputs="yes")  # type: ignore[call-overload]
 
 MlflowRun(tags=["team", "ml"])  # type: ignore[arg-type]
 MlflowRun(tags="team=ml")  # type: ignore[arg-type]
@@ -195,6 +197,7 @@ assert_type(MlflowConfig(on_retry="new").on_retry, OnRetry)
 assert_type(ReportGoal("maximize"), ReportGoal)
 assert_type(MlflowConfig(report_goal="minimize").report_goal, ReportGoal | None)
 assert_type(mlflow_config(report=True).report, bool)
+assert_type(mlflow_config(log_inputs=True).log_inputs, bool)
 
 
 # --- links to a task's own run -----------------------------------------------------------------
