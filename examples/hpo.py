@@ -5,8 +5,9 @@ once with ``asyncio.gather``, and logs the best trial. Each trial is a ``nested`
 of its own whose ``mlflow.parentRunId`` is the study's run. Its hyper-parameters are its inputs, and
 ``log_inputs=True`` records them as the run's params, so no task calls ``mlflow.log_params`` for
 them. The score is logged with the ordinary ``mlflow.log_metric``, queued (``async_logging=True``)
-so that it does not block the event loop the trials share. The plugin gives every task its own active-run stack, so
-parallel trials never log into each other's runs, even though they share one thread.
+so that it does not block the event loop the trials share. The plugin gives every task its own
+active-run stack, so parallel trials never log into each other's runs, even though they share one
+thread.
 
 Run it with ``python examples/hpo.py [TRACKING_URI]``. Without a URI it tracks into the SQLite file
 in ``.demo/`` that ``make demo`` uses.

@@ -482,7 +482,7 @@ async def _tracked_async(
     runs: list[ActiveRun] = [opened.run]
     try:
         if opened.plan.log_inputs and opened.owned:
-            _, cancelled = await _complete(_inputs.record, p, opened.run, func, args, kwargs)
+            _, cancelled = await _complete(_inputs.record, opened.plan, opened.run, func, args, kwargs)
             if cancelled:
                 raise asyncio.CancelledError
         with bound(opened) as runs:
