@@ -31,8 +31,9 @@ docs: venv
 browser:
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# Both cores: each test module runs whole on one of two workers, so its module fixtures start once.
 pytest: venv
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest --durations=15 -n 2 --dist loadfile
 
 # Re-take the pictures in docs/images from the browser tests (they are committed).
 screenshots: venv browser

@@ -89,7 +89,7 @@ def nodes_global(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -
     return result
 
 
-@mlflow_run(rank_scope="worker")
+@mlflow_run(rank_scope="worker", log_inputs=True)  # rank 0's run alone records the inputs
 @once.task
 def nodes_worker(steps: int, fail_rank: int, fail_restarts: int, ask_id: bool) -> str | None:
     return train(steps, fail_rank, fail_restarts, ask_id)

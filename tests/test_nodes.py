@@ -219,8 +219,14 @@ def test_rank_scope_worker_gives_every_rank_a_nested_run(
         assert searches >= 1
         assert sent[f"rank {r}"] == Counter({"runs/create": 1, "runs/log-metric": STEPS, "runs/update": 1})
     assert sent["rank 0"] == Counter(
-        {"runs/create": 1, "runs/log-metric": STEPS, "runs/update": 1, "runs/search": 1}
-    )
+        {"runs/create": 1, "runs/log-batch": 1, "runs/log-metric": STEPS, "runs/update": 1, "runs/search": 1}
+    )  # its log-batch: the inputs (log_inputs=True), which the rank runs do not record
+    assert parent.data.params == {
+        "steps": str(STEPS),
+        "fail_rank": str(NO_RANK),
+        "fail_restarts": "0",
+        "ask_id": "True",
+    }
     assert sum(sent.get("other", Counter()).values()) == 0
 
 
