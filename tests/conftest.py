@@ -112,11 +112,27 @@ def _isolated_mlflow_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     assert "MLFLOW_TRACKING_URI" not in os.environ, "MLFLOW_TRACKING_URI was left set"
 
 
+# The longest modules, longest first: ``make test`` gives each module whole to one of two workers
+# in the order collected, so these start first and the short ones fill in around them.
+LONGEST_FIRST = (
+    "test_nodes.py",
+    "test_outages.py",
+    "test_auth.py",
+    "test_elastic.py",
+    "test_kills.py",
+    "test_docs.py",
+    "test_examples.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that drives Chromium, so ``make screenshots`` can run just those."""
+    """Mark every test that drives Chromium, so ``make screenshots`` can run just those; put the
+    longest modules first (each module's own order is kept)."""
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
