@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 
 import flyte
@@ -19,7 +20,11 @@ env = flyte.TaskEnvironment(name="plain-child")
 async def blocks_in_gloo(port: int, rank: int) -> str:
     import torch.distributed as dist
 
-    state = {"run": "-", "default_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL}
+    state = {
+        "run": "-",
+        "default_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "watcher": any(t.name == "flyteplugins-mlflow-sigterm" for t in threading.enumerate()),
+    }
     Path("blocked.tmp").write_text(json.dumps(state))
     Path("blocked.tmp").rename("blocked")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

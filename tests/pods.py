@@ -11,19 +11,20 @@ it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from flyte._internal.runtime.convert import convert_from_native_to_inputs
 from flyte._internal.runtime.entrypoints import load_task
 
-__all__ = ["RESOLVER", "Action", "make_inputs", "pod_env", "wait_blocked"]
+__all__ = ["RESOLVER", "Action", "make_inputs", "pod_env", "reaped", "wait_blocked"]
 
 TESTS_DIR = Path(__file__).resolve().parent
 RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
@@ -80,6 +81,17 @@ class Action:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Use an attempt's process, and kill it on the way out if it is still alive (a failed check included)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def make_inputs(

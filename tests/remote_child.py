@@ -108,16 +108,24 @@ async def blocking_nested_child(value: float) -> str:
 def _announce_then_block_in_gloo(port: int, rank: int) -> str:
     """Say what this process looks like, then wait in gloo's rendezvous for a peer that never comes.
 
-    The wait is native code (c10d's TCP store): the main thread does not come back to Python while
-    it lasts. ``blocked`` records the run (``-`` for none) and the SIGTERM disposition at that moment.
+    The wait is native code (c10d's TCP store): the thread does not come back to Python while it
+    lasts. ``blocked`` records the run (``-`` for none), the SIGTERM disposition and whether the
+    plugin's SIGTERM watcher thread is running, at that moment.
     """
     import signal
+    import threading
 
     import torch.distributed as dist
 
     run = get_mlflow_run()
     handler = signal.getsignal(signal.SIGTERM)
-    state = {"run": run.info.run_id if run is not None else "-", "default_sigterm": handler == signal.SIG_DFL}
+    state = {
+        "run": run.info.run_id if run is not None else "-",
+        "default_sigterm": handler == signal.SIG_DFL,
+        "watcher": any(
+            t.name == "flyteplugins-mlflow-sigterm" and t.is_alive() for t in threading.enumerate()
+        ),
+    }
     Path("blocked.tmp").write_text(json.dumps(state))
     Path("blocked.tmp").rename("blocked")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

@@ -1,14 +1,18 @@
 """End to end: the documented hyper-parameter-search pattern, with 32 trials started together.
 
 Each trial logs through MLflow's ordinary fluent API. In local mode, gathered async trials share one
-event-loop thread and sync trials run in worker threads, so a thread-local active run would send
-their params and metrics to the wrong run. The checks read every run back from the real server and
-count the trials whose run does not hold exactly what that trial logged, under the right parent.
+event-loop thread, so a thread-local active run would send their params and metrics to the wrong run.
+Sync trials run in worker threads, and each hands its metric to a helper thread that runs in a copy
+of the trial's context, so a thread-local active run would lose the metric to a run of its own.
+The checks read every run back from the real server and count the trials whose run does not hold
+exactly what that trial logged, under the right parent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 from typing import Any
 
 import flyte
@@ -49,7 +53,11 @@ async def new_trial(i: int) -> str:
 @env.task
 def sync_trial(i: int) -> str:
     mlflow.log_param("trial", i)
-    mlflow.log_metric("score", i)
+    # Hand the metric to a helper thread that runs in a copy of this task's context, as
+    # asyncio.to_thread does: the run goes with the context, not with the thread.
+    helper = threading.Thread(target=contextvars.copy_context().run, args=(mlflow.log_metric, "score", i))
+    helper.start()
+    helper.join()
     return own_run_id()
 
 

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._signals import KILL_DEADLINE
-from tests.pods import RESOLVER, Action, make_inputs, wait_blocked
+from tests.pods import RESOLVER, Action, make_inputs, reaped, wait_blocked
 from tests.support import (
     CREATE,
     GET_RUN,
@@ -211,29 +211,32 @@ SIGTERM_CASES = {
 def test_sigterm_to_a_process_blocked_in_native_code(
     case: str, tmp_path: Path, client: MlflowClient, context: dict[str, str]
 ) -> None:
-    """A pod's process waiting in gloo's rendezvous (native code, the main thread never back in Python)
+    """A pod's process waiting in gloo's rendezvous (native code, the thread never back in Python)
     dies of SIGTERM within the final-status budget. A tracked one first marks its run KILLED. Rank 1
     has the default disposition, as a process without the plugin has; an untracked task in a module
-    that tracks others has the plugin's handler, which lets it die at once all the same."""
+    that tracks others has the plugin's handler, which lets it die at once all the same. Wherever the
+    plugin's handler is, its watcher thread runs beside it: in the sync task's process the main thread
+    sits in the event loop, where the Python handler alone would do, but a main thread blocked in
+    native code (the first case) needs the watcher. No process outlives the test."""
     module, task_name, extra_env, tracked, default_disposition = SIGTERM_CASES[case]
     rank = int(extra_env.get("RANK", "0"))
     inputs = make_inputs(task_name, context, module=module, port=free_port(), rank=rank)
-    proc = Action(tmp_path, task_name, inputs, module=module).start(0, extra_env)
-    state = json.loads(wait_blocked(proc, tmp_path))
-    time.sleep(1.0)  # well inside the native wait by now
-    assert proc.poll() is None
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=KILL_DEADLINE + 5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"still alive {KILL_DEADLINE + 5}s after SIGTERM")
+    with reaped(Action(tmp_path, task_name, inputs, module=module).start(0, extra_env)) as proc:
+        state = json.loads(wait_blocked(proc, tmp_path))
+        time.sleep(1.0)  # well inside the native wait by now
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=KILL_DEADLINE + 5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still alive {KILL_DEADLINE + 5}s after SIGTERM")
     took = time.monotonic() - sent
     print(f"{case}: exited {took:.3f}s after SIGTERM")
     assert code == -signal.SIGTERM
     assert took <= KILL_DEADLINE + 1.0
     assert state["default_sigterm"] is default_disposition
+    assert state["watcher"] is not default_disposition, "the plugin's handler without its watcher, or back"
     if tracked:
         run = client.get_run(state["run"])
         assert run.info.status == "KILLED" and run.info.end_time is not None
@@ -249,14 +252,15 @@ def test_sigterm_stores_the_queued_logging_before_killed(
     and the process dies of SIGTERM."""
     task_name = "queues_then_blocks_in_gloo"
     inputs = make_inputs(task_name, context, port=free_port(), rank=0)
-    proc = Action(tmp_path, task_name, inputs).start(0, {"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "600"})
-    state = json.loads(wait_blocked(proc, tmp_path))
-    mark = mlflow_server.mark()
-    time.sleep(1.0)
-    assert mlflow_server.requests(mark) == []  # nothing sent while blocked: the metrics are still queued
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=KILL_DEADLINE + 5)
+    attempt = Action(tmp_path, task_name, inputs).start(0, {"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "600"})
+    with reaped(attempt) as proc:
+        state = json.loads(wait_blocked(proc, tmp_path))
+        mark = mlflow_server.mark()
+        time.sleep(1.0)
+        assert mlflow_server.requests(mark) == []  # nothing sent while blocked: the metrics are still queued
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=KILL_DEADLINE + 5)
     assert code == -signal.SIGTERM
     assert time.monotonic() - sent <= KILL_DEADLINE + 1.0
     assert mlflow_server.requests(mark) == [LOG_BATCH, GET_RUN, UPDATE]

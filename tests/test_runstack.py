@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import flyte
 import mlflow
 import pytest
 from mlflow.entities import Run, RunData, RunInfo
@@ -19,8 +20,11 @@ from mlflow.tracking import MlflowClient, fluent
 from mlflow.tracking.fluent import ActiveRun
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-from flyteplugins.mlflow import _runstack
+from flyteplugins.mlflow import _runstack, mlflow_config, mlflow_run
 from flyteplugins.mlflow._runstack import ContextLocalRunStack, bind, bound, unbind
+from tests.support import own_run_id
+
+env = flyte.TaskEnvironment(name="runstack-owner")
 
 
 def _active(run_id: str) -> ActiveRun:
@@ -228,6 +232,42 @@ def test_runs_started_inside_a_binding_stay_in_it(sqlite_store: str) -> None:
         unbind(token)
     assert client.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
     client.set_terminated(parent.info.run_id)
+
+
+# --- the owner check, end to end -------------------------------------------------------------
+
+
+@env.task
+async def untracked_child() -> str:
+    """What an untracked async task sees as MLflow's active run ("" for none)."""
+    return _active_id() or ""
+
+
+@env.task
+def untracked_sync_child() -> str:
+    """What an untracked sync task (in a worker thread, with a copy of its caller's context) sees."""
+    return _active_id() or ""
+
+
+@mlflow_run
+@env.task
+async def tracked_caller(sync: bool) -> list[str]:
+    seen = await (untracked_sync_child.aio() if sync else untracked_child())
+    return [own_run_id(), _active_id() or "", seen]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async-child", "sync-child"])
+def test_an_untracked_child_does_not_see_its_callers_run(
+    sync: bool, tracking_uri: str, experiment: tuple[str, str]
+) -> None:
+    """An untracked task called by a tracked one runs in its caller's context in local mode, yet
+    ``mlflow.active_run()`` is ``None`` there, as in a pod of its own; the caller still sees its run."""
+    ctx = mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1])
+    caller, active, seen = (
+        flyte.with_runcontext(mode="local", custom_context=ctx).run(tracked_caller, sync).outputs()[0]
+    )
+    assert active == caller, "the caller's own fluent calls lost its run"
+    assert seen == "", "the untracked child saw its caller's run as MLflow's active run"
 
 
 # --- what the stand-in relies on in MLflow -----------------------------------------------------

@@ -1,0 +1,242 @@
+"""Named breaking changes, each applied to a temporary copy of the project: every test listed for one
+must fail, or the change "survives" and this script exits 1 (``make mutants``).
+
+Each mutant is one exact text replacement in one module. It must match exactly once, so a change to
+the module that moves the text makes the mutant fail loudly instead of silently testing nothing. The
+tests of a mutant run in the copy, so the worktree is never touched; the copy is checked to be the
+``flyteplugins.mlflow`` that Python imports there.
+
+Usage: ``python tools/mutants.py [NAME ...]`` (all mutants without names; ``--list`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "flyteplugins/mlflow"
+SKIP = shutil.ignore_patterns(
+    ".git", ".venv*", "site", "mlruns", ".demo", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"
+)
+
+_THREAD_LOCAL_BINDING = """import threading as _threading
+
+
+class _PerThread(_threading.local):
+    value = None
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        old, self.value = self.value, value
+        return old
+
+    def reset(self, token):
+        self.value = token
+
+
+_BOUND = _PerThread()
+"""
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One breaking change: replace ``old`` (found exactly once) by ``new`` in ``module``."""
+
+    name: str
+    why: str
+    module: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant(
+        "runstack-thread-local",
+        "the run stack's binding is kept per thread instead of per contextvars context",
+        "_runstack.py",
+        "_BOUND: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar(\n"
+        '    "flyteplugins_mlflow_runs", default=None\n)\n',
+        _THREAD_LOCAL_BINDING,
+        (
+            "tests/test_concurrency.py::test_parallel_trials_log_into_their_own_runs[gather-nested-async]",
+            "tests/test_concurrency.py::test_parallel_trials_log_into_their_own_runs[gather-nested-sync-threads]",
+            "tests/test_runstack.py::test_binding_follows_copied_context_into_threads",
+        ),
+    ),
+    Mutant(
+        "run-not-on-stack",
+        "a tracked call binds an empty stack, so MLflow's fluent calls do not find the task's run",
+        "_lifecycle.py",
+        "stack_token = _runstack.bind(runs, owner)",
+        "stack_token = _runstack.bind([], owner)",
+        (
+            "tests/test_concurrency.py::test_parallel_trials_log_into_their_own_runs[gather-nested-sync-threads]",
+        ),
+    ),
+    Mutant(
+        "owner-check-dropped",
+        "the run stack's owner check is gone: an untracked child task sees its caller's run",
+        "_runstack.py",
+        "if binding is None or (binding.owner is not None and binding.owner != _owner_probe()):",
+        "if binding is None:",
+        (
+            "tests/test_runstack.py::test_an_untracked_child_does_not_see_its_callers_run[async-child]",
+            "tests/test_runstack.py::test_an_untracked_child_does_not_see_its_callers_run[sync-child]",
+        ),
+    ),
+    Mutant(
+        "failure-ends-finished",
+        "a run whose task raised ends FINISHED instead of FAILED",
+        "_lifecycle.py",
+        "    return RunStatus.to_string(RunStatus.FAILED)\n\n",
+        "    return RunStatus.to_string(RunStatus.FINISHED)\n\n",
+        ("tests/test_status.py::test_failure_fails_the_run_and_propagates",),
+    ),
+    Mutant(
+        "cancel-ends-failed",
+        "a cancelled task's run ends FAILED instead of KILLED",
+        "_lifecycle.py",
+        "return RunStatus.to_string(RunStatus.KILLED)",
+        "return RunStatus.to_string(RunStatus.FAILED)",
+        ("tests/test_status.py::test_cancelled_and_timed_out_children_are_killed",),
+    ),
+    Mutant(
+        "request-share-fetches",
+        "a child sharing its caller's run in the same process fetches it (0 requests become 1 each)",
+        "_lifecycle.py",
+        "if local_run is not None and local_run.info.run_id == p.run_id:",
+        "if False:",
+        ("tests/test_request_counts.py::test_auto_children_in_the_parents_process_make_no_requests",),
+    ),
+    Mutant(
+        "request-tags-apart",
+        "a child with its own run sets its tags in a request of their own (2 requests become 3)",
+        "_lifecycle.py",
+        "                run = ActiveRun(create(tags))\n",
+        "                run = ActiveRun(create({}))\n"
+        "                server.set_tags(run.info.run_id, tags)\n",
+        (
+            "tests/test_request_counts.py::test_children_with_their_own_run_make_two_requests_each[nested]",
+            "tests/test_request_counts.py::test_children_with_their_own_run_make_two_requests_each[new]",
+        ),
+    ),
+    Mutant(
+        "sigterm-watcher-not-started",
+        "the SIGTERM watcher thread is created but never started",
+        "_signals.py",
+        '        name="flyteplugins-mlflow-sigterm",\n        daemon=True,\n    ).start()\n',
+        '        name="flyteplugins-mlflow-sigterm",\n        daemon=True,\n    )\n',
+        (
+            "tests/test_kills.py::test_sigterm_to_a_process_blocked_in_native_code[tracked-main-thread-in-gloo]",
+            "tests/test_kills.py::test_sigterm_to_a_process_blocked_in_native_code[tracked-sync-task-in-gloo]",
+        ),
+    ),
+)
+
+
+def apply(root: Path, mutant: Mutant) -> None:
+    """Make the change in the copy at ``root``.
+
+    Raises:
+        SystemExit: the text to replace does not occur exactly once.
+    """
+    path = root / PACKAGE / mutant.module
+    text = path.read_text()
+    found = text.count(mutant.old)
+    if found != 1:
+        msg = f"mutant {mutant.name}: the text to replace occurs {found} times in {mutant.module}, not once"
+        raise SystemExit(msg)
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def _check_imported_from(root: Path) -> None:
+    probe = "import flyteplugins.mlflow as m; print(m.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=_env(root), capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not Path(out).resolve().is_relative_to(root.resolve()):
+        msg = f"the copy is not what Python imports there: flyteplugins.mlflow comes from {out}"
+        raise SystemExit(msg)
+
+
+def outcomes(root: Path, tests: tuple[str, ...]) -> dict[str, str]:
+    """Run ``tests`` in the copy; map each test id to ``passed``, ``failed``, ``error`` or ``skipped``."""
+    report = root / "mutant-report.xml"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests],
+        cwd=root,
+        env=_env(root),
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
+    if not report.exists():
+        return {}
+    results: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        module = case.get("classname", "").replace(".", "/")
+        test_id = f"{module}.py::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        outcome = next((k for k in ("failure", "error", "skipped") if k in kinds), "passed")
+        results[test_id] = {"failure": "failed"}.get(outcome, outcome)
+    return results
+
+
+def trial(mutant: Mutant) -> list[str]:
+    """Apply ``mutant`` to a fresh copy and run its tests; return its survivors (tests that did not fail)."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        root = Path(tmp) / "project"
+        shutil.copytree(ROOT, root, ignore=SKIP)
+        apply(root, mutant)
+        _check_imported_from(root)
+        results = outcomes(root, mutant.tests)
+    return [f"{t} ({results.get(t, 'not run')})" for t in mutant.tests if results.get(t) != "failed"]
+
+
+def main(argv: list[str]) -> int:
+    """Try the named mutants (all by default); 1 if any survives."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to try (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests, then stop")
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in MUTANTS}
+    unknown = sorted(set(args.names) - set(by_name))
+    if unknown:
+        parser.error(f"unknown mutant(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    chosen = [by_name[n] for n in args.names] or list(MUTANTS)
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.why}\n  " + "\n  ".join(m.tests))
+        return 0
+    survived = 0
+    started = time.monotonic()
+    for m in chosen:
+        began = time.monotonic()
+        survivors = trial(m)
+        took = time.monotonic() - began
+        verdict = "SURVIVED" if survivors else "caught"
+        print(f"{m.name}: {verdict} in {took:.0f}s ({m.why})", flush=True)
+        for s in survivors:
+            print(f"  did not fail: {s}", flush=True)
+        survived += bool(survivors)
+    print(f"{len(chosen) - survived} of {len(chosen)} mutants caught in {time.monotonic() - started:.0f}s")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
