@@ -391,7 +391,10 @@ def test_credentials_never_appear(
     stored = [p for p in local_store.rglob("*") if p.is_file()]
     assert any(p.name == "cache.db" for p in stored)
     store_bytes = b"".join(p.read_bytes() for p in stored)
-    assert parent.encode() in store_bytes or b"study" in store_bytes  # the store did record the runs
+    # The store did record these runs, their context and their links (each child's points at the parent):
+    assert parent.encode() in store_bytes
+    assert all(t.encode() in store_bytes for t in trials)
+    assert auth_server.uri.encode() in store_bytes
     assert any(r.name.startswith("urllib3") for r in records)  # DEBUG really was captured
     assert any("HTTP 401" in r.getMessage() for r in records)  # and so was the warning
 

@@ -16,6 +16,7 @@ from flyte.extend import AsyncFunctionTaskTemplate
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
+from tests.support import MlflowServer
 
 env = flyte.TaskEnvironment(name="decorate-tests")
 
@@ -253,19 +254,22 @@ def test_decorated_methods_bind_like_functions(
     assert Model(10).fit(1)[0] == 10
 
 
-def test_partial_and_callable_objects_are_wrapped() -> None:
-    """Any callable can be wrapped; rank 1 runs it untracked, with its arguments, and no server."""
-    calls: list[tuple[int, int]] = []
+def test_partial_and_callable_objects_are_wrapped(mlflow_server: MlflowServer) -> None:
+    """Any callable can be wrapped; rank 1 runs it untracked, with its arguments, and sends the
+    tracking server it is given not a single request."""
+    calls: list[tuple[int, int, bool]] = []
 
     class Adder:
         def __call__(self, a: int, b: int) -> int:
-            calls.append((a, b))
+            calls.append((a, b, get_mlflow_run() is None))
             return a + b
 
-    untracked = MlflowRun(rank=1)
+    untracked = MlflowRun(rank=1, tracking_uri=mlflow_server.uri)
+    mark = mlflow_server.mark()
     assert untracked(Adder())(1, 2) == 3
     assert untracked(functools.partial(Adder(), 10))(5) == 15
-    assert calls == [(1, 2), (10, 5)]
+    assert mlflow_server.requests(mark) == []
+    assert calls == [(1, 2, True), (10, 5, True)]
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 

@@ -271,14 +271,18 @@ def _check_accepted(built: object) -> None:
     anything,
 )
 def test_any_argument_fails_at_construction_or_works(builder: str, name: str, value: object) -> None:
-    """Any value for any setting is accepted (and decodable) or a ValueError/TypeError at construction."""
+    """Any value for any setting is accepted (and decodable) or refused at construction with a
+    ValueError or TypeError that names the setting and the value it got."""
     if name == "rank" and builder in ("MlflowConfig", "mlflow_config"):
         name = "run_mode"
     if name in ("description", "log_system_metrics") and builder in ("MlflowConfig", "MlflowRun"):
         value, name = {name: value}, "run_kwargs"
     try:
         built = BUILDERS[builder](**{name: value})
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as e:
+        inner = value if name == "run_kwargs" and isinstance(value, dict) else {name: value}
+        assert any(str(n) in str(e) for n in inner), f"{e!r} does not name the setting"
+        assert "got " in str(e), f"{e!r} does not say what it got"
         return
     _check_accepted(built)
 

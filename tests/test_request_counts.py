@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._journal import MAX_ENTITIES
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import RestServer, server_for
 from tests.conftest import MlflowServer
@@ -569,27 +571,40 @@ def test_a_queued_batch_whose_connection_drops_is_sent_again(
 def test_the_queue_holds_at_most_its_limit_when_the_server_is_slow(
     mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
-    """Behind a server 50 ms away, 3,000 metrics through a queue limited to 500 values: it never holds
-    more than 500 in memory, the rest go to its spool on disk, and every metric is stored, in order."""
+    """Behind a server 50 ms away, 3,000 metrics through a queue limited to 500 values: it never queues
+    more than 500 in memory, the rest go to its spool on disk, and every metric is stored, in order.
+    What it holds is counted from outside the queue: the live ``Metric`` objects of the test's key, in
+    the garbage collector's view, every 500 calls and after the last one. On top of the 500 queued,
+    the request being sent holds up to 1,000 values read back from the spool (and one call is being
+    looked at); unbounded, the queue would hold most of the 3,000."""
 
     def slow(method: str, path: str) -> bool:
         time.sleep(0.05)
         return True
+
+    key = f"m-{uuid.uuid4().hex[:8]}"
+
+    def live() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Metric and o.key == key)
 
     relay = Relay(mlflow_server.uri, before=slow)
     try:
         store = RestStore(lambda: MlflowHostCreds(relay.uri))
         queue = RunQueue(store.log_batch, limit=500)
         run_id = client.create_run(experiment[1]).info.run_id
+        held = []
         for i in range(3000):
-            queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 0, i)])
+            queue.log_batch_async(run_id, [], [], [Metric(key, float(i), 0, i)])
+            if i % 500 == 499:
+                held.append(live())
+        assert max(held) <= 500 + MAX_ENTITIES + 1, f"the queue held {held} metrics in memory"
         assert queue.spilled > 0 and queue.spilled_bytes > 0
         assert queue.drain(run_id) == []
-        assert queue.high_water <= 500
+        assert live() == 0
         queue.close()
     finally:
         relay.close()
-    history = client.get_metric_history(run_id, "m")
+    history = client.get_metric_history(run_id, key)
     assert sorted(m.step for m in history) == list(range(3000))
     assert all(m.value == float(m.step) for m in history)
 

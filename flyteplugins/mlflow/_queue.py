@@ -18,8 +18,9 @@ plugin holds asynchronous logging, :class:`RunQueue` stands in for it on the sto
   100 tags), or when the run is drained;
 * :meth:`RunQueue.drain` sends one run's values now, from the calling thread, and returns the errors
   its queued calls met; other runs keep queueing meanwhile;
-* memory is bounded: at most :data:`LIMIT` values are held in memory (queued or being sent). A call
-  that would go past it never waits: its values go to a temporary file on local disk (the spool) and
+* memory is bounded: at most :data:`LIMIT` values are queued in memory, plus the request being sent
+  (at most 1,000 values, read back from the spool if they were spilled). A call that would go past
+  it never waits: its values go to a temporary file on local disk (the spool) and
   are read back, in their place in the run's order, when their turn comes. Nothing is dropped;
 * a server that is away (:data:`~flyteplugins.mlflow._errors.AWAY`: no connection, no answer, a
   502/503/504) does not lose values: a batch it did not take goes back to the front of its run's
@@ -66,7 +67,9 @@ _MAX_PAUSE: Final = 4.0
 logger = logging.getLogger("flyteplugins.mlflow")
 
 LIMIT: Final = 100_000
-"""The most values (metrics, params and tags) a queue holds in memory; past it they go to disk."""
+"""The most values (metrics, params and tags) a queue keeps queued in memory; past it they go to disk.
+
+The request being sent holds up to 1,000 more (read back from disk if they were spilled)."""
 
 DEFAULT_INTERVAL: Final = 1.0
 
