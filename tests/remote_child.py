@@ -95,6 +95,18 @@ def replaced_training(steps: int, block_at: int) -> str:
     return _train(steps, block_at)
 
 
+@mlflow_run
+@env.task
+async def fails_before_attempt(succeeds_at: int) -> str:
+    """Fail on purpose on every attempt before ``succeeds_at``; log the attempt number."""
+    tctx = flyte.ctx()
+    assert tctx is not None
+    mlflow.log_param("attempt", tctx.attempt_number)
+    if tctx.attempt_number < succeeds_at:
+        raise ValueError(f"attempt {tctx.attempt_number} fails on purpose")
+    return _run_id()
+
+
 @mlflow_run(run_mode="nested")
 @env.task
 async def blocking_nested_child(value: float) -> str:

@@ -488,13 +488,26 @@ def test_trackers_configs_and_links_are_frozen() -> None:
 
 
 def test_mappings_inside_are_read_only() -> None:
-    """The tags and kwargs held by a tracker cannot be changed through the object either."""
+    """The tags and kwargs (``autolog_kwargs``, ``run_kwargs``) held by a tracker cannot be changed
+    through the object either, nor through what the caller passed in, at any depth."""
     tags = {"team": "ml"}
-    tracker = MlflowRun(tags=tags, autolog_kwargs={"a": [1]})
+    inner = [1]
+    autolog_kwargs: dict[str, Any] = {"a": inner}
+    run_kwargs: dict[str, Any] = {"description": "baseline"}
+    tracker = MlflowRun(tags=tags, autolog_kwargs=autolog_kwargs, run_kwargs=run_kwargs)
     tags["team"] = "changed"
+    inner.append(2)
+    autolog_kwargs["b"] = 3
+    run_kwargs["description"] = "changed"
     assert dict(tracker.tags) == {"team": "ml"}
-    with pytest.raises(TypeError):
-        tracker.tags["team"] = "x"  # type: ignore[index]
+    assert thaw(tracker.autolog_kwargs) == {"a": [1]}
+    assert dict(tracker.run_kwargs) == {"description": "baseline"}
+    held: tuple[Any, ...] = (tracker.tags, tracker.autolog_kwargs, tracker.run_kwargs)
+    for mapping in held:
+        with pytest.raises(TypeError):
+            mapping["team"] = "x"
+    with pytest.raises((TypeError, AttributeError)):
+        tracker.autolog_kwargs["a"].append(2)
 
 
 def test_hashable_and_equal_by_value() -> None:

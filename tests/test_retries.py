@@ -1,8 +1,9 @@
 """Retried Flyte tasks: one MLflow run per attempt, tagged ``flyte.attempt``, and none left ``RUNNING``.
 
 Flyte's local mode retries a failed task (``retries=2`` gives up to three attempts) but reports
-attempt number 0 every time, so the tag's presence is checked, not its value. Attempts are counted
-in files in the test's own working directory.
+attempt number 0 every time, so there the tag's presence is checked, not its value. Attempts are
+counted in files in the test's own working directory. The tag's value is checked on attempts run
+as a pod's would be (``tests/pods.py``), each a process of its own with ``FLYTE_ATTEMPT_NUMBER``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import flyte
 import flyte.errors
 import mlflow
 import pytest
+from flyte._internal.runtime.io import error_path
 from flyte.extend import TaskTemplate
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
+from tests.pods import Action, make_inputs
 from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="attempts")
@@ -150,3 +153,28 @@ def test_only_the_task_body_owns_the_tasks_run(
     assert "flyte.action_id" not in helper_run.data.tags
     assert helper_run.data.tags["flyte.root_action"] == action
     assert helper_run.data.tags[PARENT_TAG] == task_id
+
+
+def test_each_attempt_of_a_pod_is_tagged_with_its_number(
+    tmp_path: Path, tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Attempts 0, 1 and 2 of one action, each a process of its own as the backend starts them: the two
+    that fail end FAILED, the third FINISHED, each in its own run tagged with its attempt number."""
+    context = dict(mlflow_config(tracking_uri=tracking_uri, experiment_id=experiment[1]))
+    action = Action(
+        tmp_path, "fails_before_attempt", make_inputs("fails_before_attempt", context, succeeds_at=2)
+    )
+    failed = []
+    for attempt in range(3):
+        proc = action.start(attempt)
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out.decode(errors="replace")[
+            -3000:
+        ]  # a failed body is reported, not fatal
+        failed.append(Path(error_path(str(action.outputs))).exists())
+    assert failed == [True, True, False]
+    runs = _by_attempt(client.search_runs([experiment[1]]))
+    assert [r.data.params["attempt"] for r in runs] == ["0", "1", "2"]
+    assert [r.data.tags[ATTEMPT_TAG] for r in runs] == ["0", "1", "2"]
+    assert [r.data.tags["flyte.attempts"] for r in runs] == ["0", "1", "2"]
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED", "FINISHED"]
