@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui docs test pytest typecheck lint bench screenshots clean
+.PHONY: venv browser demo ui docs test pytest test-pythons other-pythons mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser docs pytest typecheck lint
+test: venv browser docs pytest other-pythons typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -34,6 +34,20 @@ browser:
 # Both cores: each test module runs whole on one of two workers, so its module fixtures start once.
 pytest: venv
 	$(PY) -m pytest --durations=15 -n 2 --dist loadfile
+
+# A fast end-to-end subset on every CPython 3.10+ found (pyenv, PATH), each in its own cached venv
+# under .venv-pythons/ (see tools/test_pythons.py).
+test-pythons: venv
+	$(PY) tools/test_pythons.py
+
+# What `make test` runs of it: every version but .venv's, where the whole suite runs.
+other-pythons: venv
+	$(PY) tools/test_pythons.py --skip-current
+
+# Named breaking changes, each applied to a temporary copy: fails if the tests meant to catch one pass
+# (see tools/mutants.py). Not part of `make test`.
+mutants: venv
+	$(PY) tools/mutants.py
 
 # Re-take the pictures in docs/images from the browser tests (they are committed).
 screenshots: venv browser
@@ -50,4 +64,4 @@ bench: venv
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo mlruns site
+	rm -rf $(VENV) .venv-pythons .mypy_cache .ruff_cache .pytest_cache .demo mlruns site
