@@ -198,14 +198,21 @@ def outcomes(root: Path, tests: tuple[str, ...]) -> dict[str, str]:
 
 
 def trial(mutant: Mutant) -> list[str]:
-    """Apply ``mutant`` to a fresh copy and run its tests; return its survivors (tests that did not fail)."""
+    """Apply ``mutant`` to a fresh copy and run its tests; return its survivors (tests that did not fail,
+    or were not found)."""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp) / "project"
         shutil.copytree(ROOT, root, ignore=SKIP)
         apply(root, mutant)
         _check_imported_from(root)
         results = outcomes(root, mutant.tests)
-    return [f"{t} ({results.get(t, 'not run')})" for t in mutant.tests if results.get(t) != "failed"]
+    survivors = []
+    for listed in mutant.tests:  # a test without its [parameters] stands for every one of its cases
+        cases = {t: r for t, r in results.items() if t == listed or t.startswith(listed + "[")}
+        survivors += [f"{t} ({r})" for t, r in cases.items() if r != "failed"] or (
+            [] if cases else [f"{listed} (not run)"]
+        )
+    return survivors
 
 
 def main(argv: list[str]) -> int:
