@@ -236,7 +236,7 @@ def test_sigterm_to_a_process_blocked_in_native_code(
     assert code == -signal.SIGTERM
     assert took <= KILL_DEADLINE + 1.0
     assert state["default_sigterm"] is default_disposition
-    assert state["watcher"] is not default_disposition, "the plugin's handler without its watcher, or back"
+    assert state["watcher"] is not default_disposition, "the watcher runs where the handler is, only there"
     if tracked:
         run = client.get_run(state["run"])
         assert run.info.status == "KILLED" and run.info.end_time is not None
