@@ -280,9 +280,10 @@ def test_any_argument_fails_at_construction_or_works(builder: str, name: str, va
     try:
         built = BUILDERS[builder](**{name: value})
     except (ValueError, TypeError) as e:
-        inner = value if name == "run_kwargs" and isinstance(value, dict) else {name: value}
-        assert any(str(n) in str(e) for n in inner), f"{e!r} does not name the setting"
-        assert "got " in str(e), f"{e!r} does not say what it got"
+        text, keys = str(e), list(value) if name == "run_kwargs" and isinstance(value, dict) else []
+        assert name in text or any(str(k) in text for k in keys), f"{e!r} does not name the setting"
+        said = ["got ", repr(name), *map(repr, keys)]  # a value, or the unknown keyword itself
+        assert any(s in text for s in said), f"{e!r} does not say what it got"
         return
     _check_accepted(built)
 
