@@ -21,7 +21,11 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser docs pytest other-pythons typecheck lint
+# The suite and the other Pythons' subset run side by side: building those venvs is largely waiting
+# on the package registry, and the suite has idle time of its own (servers stopped and restarted).
+test: venv browser docs
+	$(MAKE) --no-print-directory -j2 --output-sync=target pytest other-pythons
+	$(MAKE) --no-print-directory typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -31,9 +35,11 @@ docs: venv
 browser:
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-# Both cores: each test module runs whole on one of two workers, so its module fixtures start once.
+# Both cores: each test module runs whole on one of two workers, so its module fixtures start once,
+# in the order collected (tests/conftest.py puts the longest modules first; xdist would order them by
+# their number of tests).
 pytest: venv
-	$(PY) -m pytest --durations=15 -n 2 --dist loadfile
+	$(PY) -m pytest --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 # A fast end-to-end subset on every CPython 3.10+ found (pyenv, PATH), each in its own cached venv
 # under .venv-pythons/ (see tools/test_pythons.py).

@@ -133,6 +133,14 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "nodes-not-waited",
+        "rank 0 sets the final status without waiting for the other nodes' system-metrics monitors",
+        "_system_metrics.py",
+        "        if self.node is None or not succeeded:\n            return\n",
+        "        if True:\n            return\n",
+        ("tests/test_nodes.py::test_every_node_monitors_into_rank_0s_run",),
+    ),
+    Mutant(
         "sigterm-watcher-not-started",
         "the SIGTERM watcher thread is created but never started",
         "_signals.py",
