@@ -21,11 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-# The suite and the other Pythons' subset run side by side: building those venvs is largely waiting
-# on the package registry, and the suite has idle time of its own (servers stopped and restarted).
-test: venv browser docs
-	$(MAKE) --no-print-directory -j2 --output-sync=target pytest other-pythons
-	$(MAKE) --no-print-directory typecheck lint
+test: venv browser docs pytest other-pythons typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
