@@ -51,7 +51,7 @@ from mlflow.tracking import MlflowClient
 from bench._support import Proxy, scenario_server, start_server, unique
 from bench.epoch_study import EPOCH, KEYS, floor_study, local, plain_study, study, value
 from flyteplugins.mlflow import mlflow_config
-from flyteplugins.mlflow._queue import LIMIT, RunQueue
+from flyteplugins.mlflow._buffer.queue import LIMIT, RunQueue
 
 SHAPES: Final = ((16, 20, 5), (32, 20, 5), (16, 100, 3))  # trials, epochs, repetitions
 TARGET = 1.3

@@ -28,8 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from bench._support import Proxy, scenario_server, unique
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
-from flyteplugins.mlflow._retries import filter_equals
-from flyteplugins.mlflow._sweep import ROOT_TAG
+from flyteplugins.mlflow._tags import ROOT_TAG, tag_equals
 
 env = flyte.TaskEnvironment(name="bench-history")
 
@@ -160,7 +159,7 @@ def measure(server_uri: str, db: Path, history: int) -> Row:
             times.append(time.perf_counter() - started)
         return statistics.median(times) * 1000
 
-    sweep = f"{filter_equals(ROOT_TAG, 'bench/history/this-run/a0')} and attributes.status = 'RUNNING'"
+    sweep = f"{tag_equals(ROOT_TAG, 'bench/history/this-run/a0')} and attributes.status = 'RUNNING'"
     return Row(
         runs,
         len(top),

@@ -50,9 +50,10 @@ from mlflow.tracking import MlflowClient
 
 from bench._support import SERVER_ARGS, _wait_healthy, _warm, free_port, unique
 from bench.epoch_study import local
-from flyteplugins.mlflow import _mlflow_state, get_mlflow_run, mlflow_config, mlflow_run
-from flyteplugins.mlflow._queue import LIMIT, RunQueue, interval
-from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT
+from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._buffer.queue import LIMIT, RunQueue, interval
+from flyteplugins.mlflow._patches import process_state as _mlflow_state
+from flyteplugins.mlflow._transport.policy import DEFAULT_OUTAGE_TIMEOUT
 
 __all__ = ["Outage", "OwnServer", "Sampler", "Tally", "main", "study", "trial", "value"]
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from bench._support import Proxy, scenario_server, unique
 from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
-from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 
 env = flyte.TaskEnvironment(name="bench-requests-per-task")
 

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench._support import free_port, scenario_server, unique  # noqa: E402
 from flyteplugins.mlflow import mlflow_config  # noqa: E402
-from flyteplugins.mlflow._signals import KILL_DEADLINE  # noqa: E402
+from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE  # noqa: E402
 from tests.pods import Action, make_inputs, wait_blocked  # noqa: E402
 
 REPEAT = 5

@@ -20,7 +20,8 @@ from pathlib import Path
 import flyte
 import mlflow
 
-from flyteplugins.mlflow import _signals, get_mlflow_run, get_mlflow_run_id, mlflow_run
+from flyteplugins.mlflow import get_mlflow_run, get_mlflow_run_id, mlflow_run
+from flyteplugins.mlflow._runs import sigterm as _signals
 from flyteplugins.pytorch import Elastic
 
 VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE")

@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
 from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
-from flyteplugins.mlflow._backlink import FLYTE_URL_TAG, NOTE_TAG, action_url, tags_for
-from flyteplugins.mlflow._context import Inherited, TaskSnapshot
-from flyteplugins.mlflow._plan import plan
+from flyteplugins.mlflow._plan.backlink import action_url, tags_for
+from flyteplugins.mlflow._plan.plan import plan
+from flyteplugins.mlflow._plan.snapshot import Inherited, TaskSnapshot
+from flyteplugins.mlflow._tags import FLYTE_URL_TAG, NOTE_TAG
 from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
 
@@ -84,7 +85,7 @@ def test_plan_puts_the_way_back_on_the_create_request() -> None:
     """A created run's tags carry the note and the address: nothing else is sent for them."""
     snap = _snapshot(config=mlflow_config(flyte_console_url=CONSOLE, description="mine"))
     p = plan(MlflowRun(), None, snap, "http://mlflow")
-    assert p is not None and p.action == "create"
+    assert p is not None and p.opening == "create"
     url = f"{CONSOLE}/v2/domain/development/project/ml/runs/r7?i=a3"
     assert p.tags[FLYTE_URL_TAG] == url
     assert p.tags[NOTE_TAG] == f"mine\n\nFlyte: [r7 / a3]({url})"
@@ -103,7 +104,7 @@ def test_setting_wins_over_flytes_client() -> None:
 def test_resumed_run_keeps_its_description() -> None:
     """A run resumed by run_id gets the address tag, but its description is left as it is."""
     p = plan(MlflowRun(run_id="abc", flyte_console_url=CONSOLE), None, _snapshot(), "u")
-    assert p is not None and p.action == "resume"
+    assert p is not None and p.opening == "resume"
     assert FLYTE_URL_TAG in p.tags
     assert NOTE_TAG not in p.tags
 
@@ -118,7 +119,7 @@ def test_nothing_without_an_address() -> None:
     for p in (none, local):
         assert p is not None
         assert FLYTE_URL_TAG not in p.tags and NOTE_TAG not in p.tags
-    assert shared is not None and shared.action == "share"
+    assert shared is not None and shared.opening == "share"
 
 
 @mlflow_run

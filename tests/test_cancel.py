@@ -24,7 +24,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
-from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from tests.support import Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="cancellation")
@@ -339,7 +339,7 @@ _FORKS = """
 import os, signal, sys, time
 import flyte
 from flyteplugins.mlflow import mlflow_run
-from flyteplugins.mlflow import _signals
+from flyteplugins.mlflow._runs import sigterm as _signals
 
 env = flyte.TaskEnvironment(name="sigterm-fork")
 

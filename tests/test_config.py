@@ -20,7 +20,8 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._config import decode, thaw
+from flyteplugins.mlflow._settings.config import decode
+from flyteplugins.mlflow._settings.frozen import thaw
 
 BUILDERS: list[Any] = [MlflowConfig, MlflowRun, mlflow_config, mlflow_run]
 

@@ -32,7 +32,7 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._config import decode
+from flyteplugins.mlflow._settings.config import decode
 from tests.support import Recorder
 
 env = flyte.TaskEnvironment(name="credentials")

@@ -29,12 +29,13 @@ from flyteplugins.mlflow import (
     MlflowTrackingError,
     TrackingRequestError,
     TrackingServerUnreachable,
-    _server,
     get_mlflow_run,
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._server import DEFAULT_POLICY, MAX_CONCURRENT_REQUESTS, RequestPolicy
+from flyteplugins.mlflow._transport import rest as _rest
+from flyteplugins.mlflow._transport.policy import DEFAULT_POLICY, RequestPolicy
+from flyteplugins.mlflow._transport.rest import MAX_CONCURRENT_REQUESTS
 from tests.support import MlflowServer, Relay, free_port, serving
 
 env = flyte.TaskEnvironment(name="faults")
@@ -249,10 +250,10 @@ def free_slots() -> None:
     The tests that use it give a silent server budgets of about a second, and count on getting a slot
     at once; a request of an earlier test still waiting out a 30 s answer timeout would take one.
     """
-    taken = [_server._SLOTS.acquire(timeout=120) for _ in range(MAX_CONCURRENT_REQUESTS)]
+    taken = [_rest._SLOTS.acquire(timeout=120) for _ in range(MAX_CONCURRENT_REQUESTS)]
     for got in taken:
         if got:
-            _server._SLOTS.release()
+            _rest._SLOTS.release()
     assert all(taken), "requests of earlier tests held the request slots for 2 minutes"
 
 

@@ -22,8 +22,8 @@ from mlflow.tracking.request_header.registry import resolve_request_headers
 from mlflow.utils import rest_utils
 from mlflow.utils.rest_utils import MlflowHostCreds
 
-from flyteplugins.mlflow import _http
-from flyteplugins.mlflow._server import server_for
+from flyteplugins.mlflow._transport import http as _http
+from flyteplugins.mlflow._transport.client import client_for
 from tests.support import Recorder
 
 UPDATE = "/api/2.0/mlflow/runs/update"
@@ -75,9 +75,9 @@ def test_headers_are_worked_out_once_per_server(
         resolved.append(1)
         return dict(resolve_request_headers())
 
-    monkeypatch.setattr("flyteplugins.mlflow._http.resolve_request_headers", counted)
+    monkeypatch.setattr("flyteplugins.mlflow._transport.http.resolve_request_headers", counted)
     _http._transport.cache_clear()
-    server = server_for(tracking_uri)
+    server = client_for(tracking_uri)
     ids = []
     for _ in range(5):
         run = server.create_run(experiment[1], None, {"k": "v"}, 1)
@@ -92,8 +92,8 @@ def test_headers_are_worked_out_once_per_server(
 def _in_forked_child(uri: str, experiment_id: str, parent: int, answers: Queue[object]) -> None:
     try:
         inherited = _http._transport(uri, parent).session  # the parent's, copied by the fork
-        run = server_for(uri).create_run(experiment_id, None, {"side": "child"}, 1)
-        server_for(uri).set_status(run.info.run_id, "FINISHED", 2)
+        run = client_for(uri).create_run(experiment_id, None, {"side": "child"}, 1)
+        client_for(uri).set_status(run.info.run_id, "FINISHED", 2)
         answers.put((run.info.run_id, _http._transport(uri, os.getpid()).session is not inherited))
     except BaseException as e:
         answers.put(repr(e))
@@ -103,7 +103,7 @@ def test_a_forked_child_does_not_share_the_parents_connections(
     tracking_uri: str, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
     """A process forked after the parent sent requests opens connections of its own."""
-    server = server_for(tracking_uri)
+    server = client_for(tracking_uri)
     server.set_status(server.create_run(experiment[1], None, {}, 1).info.run_id, "FINISHED", 2)
     fork = multiprocessing.get_context("fork")
     answers: Queue[object] = fork.Queue()

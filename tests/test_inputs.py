@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
 from flyteplugins.mlflow import MlflowConfig, MlflowTrackingError, OnTrackingError, mlflow_config, mlflow_run
-from flyteplugins.mlflow._inputs import (
+from flyteplugins.mlflow._inputs.inputs import (
     LONG_VALUES_ARTIFACT,
     MAX_DEPTH,
     MAX_ITEMS,

@@ -24,7 +24,7 @@ from flyte._internal.runtime.entrypoints import load_task
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
-from flyteplugins.mlflow._signals import KILL_DEADLINE
+from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE
 from tests.pods import RESOLVER, Action, make_inputs, reaped, wait_blocked
 from tests.support import (
     CREATE,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from flyteplugins.mlflow import Mlflow, MlflowConfig, MlflowRun, mlflow_config, mlflow_run
-from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 
 BUILDERS: dict[str, Callable[[str], object]] = {
     "MlflowConfig": lambda t: MlflowConfig(link_template=t),

@@ -27,11 +27,15 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from flyteplugins.mlflow import MlflowConfig, _journal, mlflow_config, mlflow_run
-from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
-from flyteplugins.mlflow._queue import RunQueue
-from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY, RestServer, server_for
-from flyteplugins.mlflow._signals import KILL_DEADLINE
+from flyteplugins.mlflow import MlflowConfig, mlflow_config, mlflow_run
+from flyteplugins.mlflow._buffer import journal as _journal
+from flyteplugins.mlflow._buffer.queue import RunQueue
+from flyteplugins.mlflow._buffer.values import Values
+from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE
+from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._transport.client import client_for
+from flyteplugins.mlflow._transport.policy import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY
+from flyteplugins.mlflow._transport.rest import RestClient
 from tests.pods import Action, make_inputs, wait_blocked
 from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
 
@@ -219,9 +223,9 @@ def test_a_flush_while_the_server_is_away_keeps_the_values(
     away = [True]
     relay = Relay(outage_server.uri, before=lambda method, path: not (away[0] and path.endswith("log-batch")))
     try:
-        server = server_for(relay.uri)
+        server = client_for(relay.uri)
         server.get_run(run_id)  # reached: it has answered this process
-        assert isinstance(server, RestServer)
+        assert isinstance(server, RestClient)
         queue = RunQueue(server.log_batch)
         for i in range(50):
             queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 1_700_000_000_000 + i, i)])
@@ -433,7 +437,7 @@ def test_a_journal_under_a_remote_prefix_goes_through_flytes_storage(
     every point once, twice over, and the status."""
     client, experiment_id = where
     run_id = client.create_run(experiment_id).info.run_id
-    batches: list[_journal.Values] = [
+    batches: list[Values] = [
         ([Metric("loss", float(i), 1_700_000_000_000 + i, i)], [], []) for i in range(30)
     ]
     location = _journal.write(

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from flyteplugins.mlflow import MlflowConfig, MlflowRun, OnRetry, mlflow_config
-from flyteplugins.mlflow._context import ROOT_ACTION_KEY, Inherited, TaskSnapshot, env_rank
-from flyteplugins.mlflow._plan import plan
-from flyteplugins.mlflow._retries import ACTION_TAG, ATTEMPTS_TAG
-from flyteplugins.mlflow._sweep import ROOT_TAG
+from flyteplugins.mlflow._plan.plan import plan
+from flyteplugins.mlflow._plan.snapshot import Inherited, TaskSnapshot, env_rank
+from flyteplugins.mlflow._tags import ACTION_ID_TAG, ATTEMPT_LIST_TAG, ROOT_ACTION_KEY, ROOT_TAG
 
 URI = "http://127.0.0.1:5000"
 ACTION = "proj/dev/run-1/a3"
@@ -23,8 +22,8 @@ def task(attempt: int = 0, restart: int = 0, **kw: object) -> TaskSnapshot:
 def test_first_attempt_tags_its_run_and_looks_nothing_up() -> None:
     """Attempt 0 carries its action and attempt in the create request and plans no look-up."""
     p = plan(MlflowRun(), None, task(), URI)
-    assert p is not None and p.action == "create" and p.retry is None
-    assert p.tags[ACTION_TAG] == ACTION and p.tags[ATTEMPTS_TAG] == "0"
+    assert p is not None and p.opening == "create" and p.retry is None
+    assert p.tags[ACTION_ID_TAG] == ACTION and p.tags[ATTEMPT_LIST_TAG] == "0"
 
 
 @pytest.mark.parametrize(
@@ -34,7 +33,7 @@ def test_retries_and_elastic_restarts_look_up_earlier_runs(attempt: int, restart
     """A Flyte attempt after the first, or an elastic restart, plans the look-up, with its own label."""
     p = plan(MlflowRun(), None, task(attempt, restart), URI)
     assert p is not None and p.retry is OnRetry.NEW
-    assert p.tags[ATTEMPTS_TAG] == label
+    assert p.tags[ATTEMPT_LIST_TAG] == label
 
 
 def test_the_tracker_wins_over_the_context_for_on_retry() -> None:
@@ -51,8 +50,8 @@ def test_inner_calls_and_shared_runs_are_not_the_tasks_own() -> None:
     sharing its caller's run, neither carries the action tag nor looks anything up on a retry."""
     inner = plan(MlflowRun(run_mode="nested"), None, task(1), URI, task_run=False)
     shared = plan(MlflowRun(), None, task(1, inherited=Inherited("parent", "0", root_action="r")), URI)
-    assert inner is not None and inner.retry is None and ACTION_TAG not in inner.tags
-    assert shared is not None and shared.action == "share" and shared.retry is None
+    assert inner is not None and inner.retry is None and ACTION_ID_TAG not in inner.tags
+    assert shared is not None and shared.opening == "share" and shared.retry is None
 
 
 def test_the_root_sweeps_and_tells_its_children() -> None:
@@ -76,7 +75,7 @@ def test_outside_flyte_nothing_is_tagged_or_swept() -> None:
     """A tracked plain function outside any task has no action: no retry tags, no sweep."""
     p = plan(MlflowRun(), None, TaskSnapshot(), URI)
     assert p is not None and p.sweep_root is None and p.retry is None
-    assert ACTION_TAG not in p.tags
+    assert ACTION_ID_TAG not in p.tags
 
 
 def test_a_request_timeout_bounds_connecting_and_answering() -> None:
@@ -157,7 +156,7 @@ def test_rank_runs_carry_a_tracked_callers_root_but_not_rank_0s_own_sweep() -> N
     """Under ``rank_scope="worker"`` a rank's run carries the root action that rank 0's run carries
     (a tracked caller's sweep covers it) and none when rank 0 is the root (its sweep may run before
     the other ranks end); it takes its own action and attempt, and ``on_retry`` on a restart."""
-    from flyteplugins.mlflow import _worker_runs
+    from flyteplugins.mlflow._distributed import worker_runs as _worker_runs
 
     worker = MlflowRun(rank_scope="worker", run_mode="nested")
     child = task(0, 1, inherited=Inherited("parent", "0", root_action="root-action"))
@@ -166,6 +165,6 @@ def test_rank_runs_carry_a_tracked_callers_root_but_not_rank_0s_own_sweep() -> N
         assert rank0 is not None
         made = _worker_runs.template(rank0, 2, worker, snap, "train", task_run=True)
         assert made is not None and made.run_name == "train-rank-2" and made.tags.get(ROOT_TAG) == root
-        assert made.tags[ACTION_TAG] == f"{ACTION}/rank-2" and made.tags[ATTEMPTS_TAG] == "0.1"
+        assert made.tags[ACTION_ID_TAG] == f"{ACTION}/rank-2" and made.tags[ATTEMPT_LIST_TAG] == "0.1"
         assert made.retry is OnRetry.NEW and made.sweep_root is None
     assert _worker_runs.template(plan(MlflowRun(), 0, task(), URI), 2, MlflowRun(), task(), "t", True) is None  # type: ignore[arg-type]

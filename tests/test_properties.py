@@ -30,8 +30,10 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._config import CONTEXT_PREFIX, MlflowTrackingSettings, decode
-from flyteplugins.mlflow._context import RESOLVED_EXPERIMENTS_KEY, Inherited
+from flyteplugins.mlflow._plan.snapshot import Inherited
+from flyteplugins.mlflow._settings.config import decode
+from flyteplugins.mlflow._settings.settings import MlflowTrackingSettings
+from flyteplugins.mlflow._tags import CONTEXT_PREFIX, RESOLVED_EXPERIMENTS_KEY
 
 SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

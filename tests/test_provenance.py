@@ -23,8 +23,11 @@ from flyte.extend import TaskTemplate
 from mlflow.tracking import MlflowClient, fluent
 from mlflow.tracking.context import registry
 
-from flyteplugins.mlflow import _lifecycle, _provenance, get_mlflow_run, mlflow_config, mlflow_run
-from flyteplugins.mlflow._provenance import PROVENANCE_TAGS
+from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
+from flyteplugins.mlflow._patches import provenance as _provenance
+from flyteplugins.mlflow._patches.current import TrackedCall, entered
+from flyteplugins.mlflow._runs import open as _opening
+from flyteplugins.mlflow._tags import PROVENANCE_TAGS
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
 
 env = flyte.TaskEnvironment(name="provenance-tests")
@@ -67,7 +70,7 @@ def _provenance_of(tags: dict[str, str]) -> dict[str, str]:
 @mlflow_run
 @env.task
 async def logs_by_hand() -> dict[str, Any]:
-    return {"model": _log_model("by-hand"), "task": _task_tags(), "installed": _provenance.installed()}
+    return {"model": _log_model("by-hand"), "task": _task_tags(), "installed": _provenance.PATCH.installed()}
 
 
 @mlflow_run(autolog=True, framework="sklearn", log_models=True)
@@ -107,11 +110,11 @@ def inner_tracked() -> None:
 @env.task
 def resolves_source_tags_inside_a_tracked_scope() -> dict[str, Any]:
     seen_by_mlflow = registry.resolve_tags({})
-    _lifecycle._source_tags.cache_clear()
+    _opening._source_tags.cache_clear()
     inner_tracked()
     return {
         "mlflow": _provenance_of({k: str(v) for k, v in seen_by_mlflow.items()}),
-        "source": _provenance_of(dict(_lifecycle._source_tags())),
+        "source": _provenance_of(dict(_opening._source_tags())),
         "task": _task_tags(),
     }
 
@@ -139,7 +142,7 @@ def test_model_logged_by_hand_carries_the_tasks_provenance(ctx: Any, client: Mlf
     assert _provenance_of(model.tags) == out["task"]
     assert list(registry._run_context_provider_registry) == before
     assert all(a is b for a, b in zip(registry._run_context_provider_registry, before, strict=True))
-    assert not _provenance.installed()
+    assert not _provenance.PATCH.installed()
 
 
 def test_autologged_model_carries_the_tasks_provenance(
@@ -222,7 +225,7 @@ def test_source_tags_never_hold_a_tasks_provenance(ctx: Any) -> None:
     out = _run(resolves_source_tags_inside_a_tracked_scope, ctx)
     assert out["mlflow"] == out["task"], "MLflow's own resolve_tags sees the provenance here"
     assert out["source"] == {}
-    assert "mlflow.user" in _lifecycle._source_tags()
+    assert "mlflow.user" in _opening._source_tags()
 
 
 def test_changed_registry_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,9 +234,9 @@ def test_changed_registry_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(providers, "_registry", tuple(providers._registry))
     with pytest.raises(RuntimeError, match=f"mlflow {mlflow.__version__}.*_registry"):
         _provenance._check()
-    with pytest.raises(RuntimeError, match="_registry"), _provenance.tagged({"flyte.run_name": "r"}, None):
+    with pytest.raises(RuntimeError, match="_registry"), _provenance.PATCH.held(None):
         pass
-    assert not _provenance.installed()
+    assert not _provenance.PATCH.installed()
     monkeypatch.undo()
     assert not any(
         isinstance(p, _provenance.FlyteProvenance) for p in registry._run_context_provider_registry
@@ -243,8 +246,10 @@ def test_changed_registry_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_nothing_is_installed_without_provenance() -> None:
     """A tracked function outside Flyte has no provenance: the registry is left alone."""
     before = list(registry._run_context_provider_registry)
-    with _provenance.tagged({"origin": "x"}, None):
-        assert not _provenance.installed()
+    call = TrackedCall(owner=None, provenance=_provenance.provenance({"origin": "x"}))
+    with entered(call):  # what a tracked call binds; it holds the patch only with provenance to give
+        assert not call.provenance
+        assert not _provenance.PATCH.installed()
         assert list(registry._run_context_provider_registry) == before
 
 

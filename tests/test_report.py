@@ -29,7 +29,8 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._report import (
+from flyteplugins.mlflow._plan.plan import ReportSpec
+from flyteplugins.mlflow._report.report import (
     MAX_CHARTS,
     MAX_CHILD_METRICS,
     MAX_CHILDREN,
@@ -41,7 +42,6 @@ from flyteplugins.mlflow._report import (
     TAB,
     Chart,
     Child,
-    ReportSpec,
     RunView,
     _link,
     downsample,

@@ -31,10 +31,11 @@ from mlflow.tracking import MlflowClient, fluent
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
-from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
-from flyteplugins.mlflow._journal import MAX_ENTITIES
-from flyteplugins.mlflow._queue import RunQueue
-from flyteplugins.mlflow._server import RestServer, server_for
+from flyteplugins.mlflow._buffer.queue import RunQueue
+from flyteplugins.mlflow._buffer.values import MAX_ENTITIES
+from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
+from flyteplugins.mlflow._transport.client import client_for
+from flyteplugins.mlflow._transport.rest import RestClient
 from tests.conftest import MlflowServer
 from tests.support import (
     BY_NAME,
@@ -530,8 +531,8 @@ def test_a_queued_batch_sent_again_is_stored_once(
     same value is accepted."""
     run_id = client.create_run(experiment[1]).info.run_id
     points = [Metric("m", float(i), 1_700_000_000_000 + i, i) for i in range(5)]
-    server = server_for(mlflow_server.uri)
-    assert isinstance(server, RestServer)
+    server = client_for(mlflow_server.uri)
+    assert isinstance(server, RestClient)
     for _ in range(2):
         server.log_batch(run_id, points, [Param("p", "1")], [RunTag("t", "x")])
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "m")] == [
@@ -556,8 +557,8 @@ def test_a_queued_batch_whose_connection_drops_is_sent_again(
     relay = Relay(mlflow_server.uri, before=drop_first_batch)
     try:
         run_id = client.create_run(experiment[1]).info.run_id
-        server = server_for(relay.uri)
-        assert isinstance(server, RestServer)
+        server = client_for(relay.uri)
+        assert isinstance(server, RestClient)
         queue = RunQueue(server.log_batch)
         for i in range(10):
             queue.log_batch_async(run_id, [], [], [Metric("m", float(i), 0, i)])

@@ -20,11 +20,29 @@ from mlflow.tracking import MlflowClient, fluent
 from mlflow.tracking.fluent import ActiveRun
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-from flyteplugins.mlflow import _runstack, mlflow_config, mlflow_run
-from flyteplugins.mlflow._runstack import ContextLocalRunStack, bind, bound, unbind
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+from flyteplugins.mlflow._patches import current
+from flyteplugins.mlflow._patches import runstack as _runstack
+from flyteplugins.mlflow._patches.current import TrackedCall, unbind
+from flyteplugins.mlflow._patches.runstack import ContextLocalRunStack, bound
 from tests.support import own_run_id
 
 env = flyte.TaskEnvironment(name="runstack-owner")
+
+
+def bind(runs: list[ActiveRun], owner: str | None = None) -> contextvars.Token[TrackedCall | None]:
+    """Bind ``runs`` as the run stack of a tracked call of ``owner`` in this context."""
+    return current.bind(TrackedCall(owner=owner, runs=runs))
+
+
+@pytest.fixture(autouse=True)
+def stand_in(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The stand-in in place, as during a tracked call (the install-failure tests install it themselves)."""
+    if "fails_loudly" in request.node.name:
+        yield
+        return
+    with _runstack.PATCH.held(None):
+        yield
 
 
 def _active(run_id: str) -> ActiveRun:
@@ -66,7 +84,7 @@ def sqlite_store(tmp_path: Path) -> Iterator[str]:
 
 
 def test_stand_in_is_installed() -> None:
-    """Importing the plugin replaces MLflow's stack with the stand-in, wrapping MLflow's own object."""
+    """While a tracked call holds it, MLflow's stack is the stand-in, wrapping MLflow's own object."""
     stack = _stack()
     assert type(stack._fallback) is ThreadLocalVariable
     assert _runstack.bound() is None
@@ -75,9 +93,19 @@ def test_stand_in_is_installed() -> None:
 def test_install_is_idempotent() -> None:
     """Installing again keeps the one stand-in rather than wrapping it twice."""
     before: object = _stack()
-    _runstack._install()
-    assert fluent._active_run_stack is before
-    assert type(_stack()._fallback) is ThreadLocalVariable
+    with _runstack.PATCH.held(None):
+        assert fluent._active_run_stack is before
+        assert type(_stack()._fallback) is ThreadLocalVariable
+
+
+def test_mlflows_stack_is_back_after_the_last_call() -> None:
+    """After the last tracked call lets go, MLflow's own thread-local object is back, exactly."""
+    fallback = _stack()._fallback
+    _runstack.PATCH.release()
+    try:
+        assert fluent._active_run_stack is fallback
+    finally:
+        _runstack.PATCH.acquire(None)
 
 
 def test_active_run_reads_the_bound_list() -> None:
@@ -319,7 +347,7 @@ def test_install_fails_loudly_when_mlflow_changes() -> None:
     fluent._active_run_stack = []  # type: ignore[assignment]
     try:
         with pytest.raises(RuntimeError) as info:
-            _runstack._install()
+            _runstack.PATCH.acquire(None)
     finally:
         fluent._active_run_stack = saved
     assert mlflow.__version__ in str(info.value)

@@ -28,7 +28,9 @@ from mlflow.utils import autologging_utils
 from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, safety
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
-from flyteplugins.mlflow import _state, mlflow_config, mlflow_run
+from flyteplugins.mlflow import mlflow_config, mlflow_run
+from flyteplugins.mlflow._patches import per_call_state as _state
+from flyteplugins.mlflow._patches.current import TrackedCall, entered
 from tests.support import ArtifactServer, own_run_id
 
 env = flyte.TaskEnvironment(name="state-tests")
@@ -325,14 +327,14 @@ def test_untracked_code_uses_mlflows_own_state_while_a_call_is_kept() -> None:
         fluent._last_logged_model_id.set("theirs")
         seen.append(type(fluent._last_logged_model_id).__name__)
 
-    with _state.kept(None):
-        assert _state.installed()
+    with _state.PATCH.held(None), entered(TrackedCall(owner=None, cells={})):
+        assert _state.PATCH.installed()
         fluent._last_logged_model_id.set("ours")
         worker = threading.Thread(target=untracked)
         worker.start()
         worker.join()
         assert fluent._last_logged_model_id.get() == "ours"
-    assert not _state.installed()
+    assert not _state.PATCH.installed()
     assert seen == [None, "ContextLocalVariable"]
     assert fluent._last_logged_model_id.get() is None, "the kept value went with its call"
 
@@ -342,9 +344,9 @@ def test_changed_mlflow_internals_fail_loudly(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(fluent, "_last_active_run_id", None)
     with pytest.raises(RuntimeError, match=f"mlflow {mlflow.__version__}.*_last_active_run_id"):
         _state._check()
-    with pytest.raises(RuntimeError, match="_last_active_run_id"), _state.kept(None):
+    with pytest.raises(RuntimeError, match="_last_active_run_id"), _state.PATCH.held(None):
         pass
-    assert not _state.installed()
+    assert not _state.PATCH.installed()
     monkeypatch.undo()
     assert type(fluent._last_logged_model_id) is ThreadLocalVariable, "nothing was left half-installed"
     assert safety._AutologgingSessionManager is _state.ContextLocalSessionManager._fallback

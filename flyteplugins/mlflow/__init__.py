@@ -4,7 +4,6 @@ Two equivalent ways in: the documented functions (``mlflow_run``, ``mlflow_confi
 classes they build (``MlflowRun``, ``MlflowConfig``).
 """
 
-from flyteplugins.mlflow import _runstack  # noqa: F401  (installs the per-context run stack, checked)
 from flyteplugins.mlflow._api import (
     get_mlflow_context,
     get_mlflow_run,
@@ -12,11 +11,12 @@ from flyteplugins.mlflow._api import (
     mlflow_config,
     mlflow_run,
 )
-from flyteplugins.mlflow._config import MlflowConfig, OnRetry, OnTrackingError, RankScope, ReportGoal, RunMode
 from flyteplugins.mlflow._errors import MlflowTrackingError, TrackingRequestError, TrackingServerUnreachable
-from flyteplugins.mlflow._link import Mlflow
-from flyteplugins.mlflow._own_link import LinkTarget
-from flyteplugins.mlflow._run import MlflowRun
+from flyteplugins.mlflow._links.link import Mlflow
+from flyteplugins.mlflow._links.own_link import LinkTarget
+from flyteplugins.mlflow._settings.config import MlflowConfig
+from flyteplugins.mlflow._settings.enums import OnRetry, OnTrackingError, RankScope, ReportGoal, RunMode
+from flyteplugins.mlflow._tracker import MlflowRun
 
 __all__ = [
     "LinkTarget",

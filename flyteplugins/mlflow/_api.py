@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from flyte.extend import TaskTemplate
 from typing_extensions import ParamSpec, Unpack
 
-from flyteplugins.mlflow import _context, _lifecycle
-from flyteplugins.mlflow._config import (
-    START_RUN_KWARGS,
-    MlflowConfig,
-    OnRetry,
-    OnTrackingError,
-    RankScope,
-    ReportGoal,
-    RunMode,
-)
-from flyteplugins.mlflow._run import MlflowRun
-from mlflow.tracking.fluent import ActiveRun
+from flyteplugins.mlflow._settings import config
+from flyteplugins.mlflow._settings.checks import START_RUN_KWARGS
+from flyteplugins.mlflow._settings.config import MlflowConfig
+from flyteplugins.mlflow._settings.enums import OnRetry, OnTrackingError, RankScope, ReportGoal, RunMode
+from flyteplugins.mlflow._tracker import MlflowRun
+
+if TYPE_CHECKING:
+    from mlflow.tracking.fluent import ActiveRun
 
 __all__ = [
     "ConfigOptions",
@@ -159,7 +156,11 @@ def get_mlflow_run() -> ActiveRun | None:
     Returns:
         The ``mlflow.ActiveRun`` of the current call, or ``None``.
     """
-    return _lifecycle.current_run()
+    if "flyteplugins.mlflow._engine.binding" not in sys.modules:
+        return None  # no tracked call has started in this process
+    from flyteplugins.mlflow._engine.binding import current_run
+
+    return current_run()
 
 
 def get_mlflow_run_id() -> str | None:
@@ -178,7 +179,11 @@ def get_mlflow_run_id() -> str | None:
     Raises:
         MlflowTrackingError: on a rank other than 0, rank 0's run could not be found.
     """
-    return _lifecycle.rank0_run_id()
+    if "flyteplugins.mlflow._engine.binding" not in sys.modules:
+        return None  # no tracked call has started in this process
+    from flyteplugins.mlflow._engine.binding import rank0_run_id
+
+    return rank0_run_id()
 
 
 def get_mlflow_context() -> MlflowConfig | None:
@@ -190,7 +195,7 @@ def get_mlflow_context() -> MlflowConfig | None:
     Raises:
         ValueError: the context holds a malformed ``mlflow_*`` entry.
     """
-    return _context.current_config()
+    return config.current()
 
 
 _SETTING_NAMES = frozenset(RunOptions.__annotations__) - frozenset(START_RUN_KWARGS)

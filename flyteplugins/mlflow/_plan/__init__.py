@@ -1,0 +1,1 @@
+"""The plan: what one tracked call will do, decided from plain values, without a request."""

@@ -1,0 +1,1 @@
+"""Settings: what users configure, the checks at construction, and the exact ``custom_context`` codec."""

@@ -1,0 +1,1 @@
+"""Talking to the tracking server: bounded requests, one backoff and outage policy, clear refusals."""
