@@ -18,7 +18,7 @@ from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
 from flyteplugins.mlflow._backlink import FLYTE_URL_TAG, NOTE_TAG, action_url, tags_for
 from flyteplugins.mlflow._context import Inherited, TaskSnapshot
 from flyteplugins.mlflow._plan import plan
-from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
+from tests.helpers.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
 
 env = flyte.TaskEnvironment(name="backlink-tests")

@@ -35,7 +35,7 @@ from flyteplugins.mlflow import (
     mlflow_run,
 )
 from flyteplugins.mlflow._server import DEFAULT_POLICY, MAX_CONCURRENT_REQUESTS, RequestPolicy
-from tests.support import MlflowServer, Relay, free_port, serving
+from tests.helpers.support import MlflowServer, Relay, free_port, serving
 
 env = flyte.TaskEnvironment(name="faults")
 

@@ -24,7 +24,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow import _http
 from flyteplugins.mlflow._server import server_for
-from tests.support import Recorder
+from tests.helpers.support import Recorder
 
 UPDATE = "/api/2.0/mlflow/runs/update"
 

@@ -32,8 +32,8 @@ from flyteplugins.mlflow._context import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY, RestServer, server_for
 from flyteplugins.mlflow._signals import KILL_DEADLINE
-from tests.pods import Action, make_inputs, wait_blocked
-from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
+from tests.helpers.pods import Action, make_inputs, wait_blocked
+from tests.helpers.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
 
 env = flyte.TaskEnvironment(name="outage-tests")
 REPLAY = re.compile(r"python -m flyteplugins\.mlflow replay (\S+)")

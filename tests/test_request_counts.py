@@ -36,7 +36,7 @@ from flyteplugins.mlflow._journal import MAX_ENTITIES
 from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import RestServer, server_for
 from tests.conftest import MlflowServer
-from tests.support import (
+from tests.helpers.support import (
     BY_NAME,
     CREATE,
     GET_RUN,

@@ -22,7 +22,7 @@ from mlflow.utils.thread_utils import ThreadLocalVariable
 
 from flyteplugins.mlflow import _runstack, mlflow_config, mlflow_run
 from flyteplugins.mlflow._runstack import ContextLocalRunStack, bind, bound, unbind
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="runstack-owner")
 

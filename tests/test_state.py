@@ -29,7 +29,7 @@ from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, safety
 from mlflow.utils.thread_utils import ThreadLocalVariable
 
 from flyteplugins.mlflow import _state, mlflow_config, mlflow_run
-from tests.support import ArtifactServer, own_run_id
+from tests.helpers.support import ArtifactServer, own_run_id
 
 env = flyte.TaskEnvironment(name="state-tests")
 
