@@ -1,11 +1,11 @@
 """Scenario (e): the time from SIGTERM to exit of a pod's process blocked in native code.
 
-Each case is one pod, emulated as the tests emulate it (``tests/pods.py``: Flyte's task runner in a
-subprocess): a task that waits in gloo's rendezvous for a peer that never comes, so its main thread is
-in native code and never returns to Python. The benchmark sends SIGTERM once the wait has begun and
-times the exit, five times per case, side by side with the same task in a module that never imports
-the plugin. A tracked process marks its run ``KILLED`` within that time; the bound is the plugin's
-``KILL_DEADLINE``.
+Each case is one pod, emulated as the tests emulate it (``tests/helpers/pods.py``: Flyte's task
+runner in a subprocess): a task that waits in gloo's rendezvous for a peer that never comes, so its
+main thread is in native code and never returns to Python. The benchmark sends SIGTERM once the wait
+has begun and times the exit, five times per case, side by side with the same task in a module that
+never imports the plugin. A tracked process marks its run ``KILLED`` within that time; the bound is
+the plugin's ``KILL_DEADLINE``.
 
 Run: ``python -m bench.sigterm`` (or ``make bench`` for every scenario).
 """
@@ -15,30 +15,27 @@ from __future__ import annotations
 import json
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the pods' task modules: remote_child, plain_child
+from mlflow.tracking import MlflowClient
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from bench._support import free_port, scenario_server, unique  # noqa: E402
-from flyteplugins.mlflow import mlflow_config  # noqa: E402
-from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE  # noqa: E402
-from tests.pods import Action, make_inputs, wait_blocked  # noqa: E402
+from bench._support import free_port, scenario_server, unique
+from flyteplugins.mlflow import mlflow_config
+from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE
+from tests.helpers.pods import REMOTE_CHILD, Action, make_inputs, wait_blocked
 
 REPEAT = 5
+PLAIN_CHILD = "tests.helpers.plain_child"  # the same blocking task in a module without the plugin
 # label: (module, task, extra environment)
 CASES = {
-    "without the plugin": ("plain_child", "blocks_in_gloo", {}),
-    "tracked, main thread in gloo": ("remote_child", "blocks_in_gloo", {}),
-    "tracked sync task, worker thread in gloo": ("remote_child", "blocks_in_gloo_sync", {}),
-    "untracked task, plugin imported": ("remote_child", "untracked_blocks_in_gloo", {}),
-    "rank 1 (owns no run)": ("remote_child", "blocks_in_gloo", {"RANK": "1"}),
+    "without the plugin": (PLAIN_CHILD, "blocks_in_gloo", {}),
+    "tracked, main thread in gloo": (REMOTE_CHILD, "blocks_in_gloo", {}),
+    "tracked sync task, worker thread in gloo": (REMOTE_CHILD, "blocks_in_gloo_sync", {}),
+    "untracked task, plugin imported": (REMOTE_CHILD, "untracked_blocks_in_gloo", {}),
+    "rank 1 (owns no run)": (REMOTE_CHILD, "blocks_in_gloo", {"RANK": "1"}),
 }
 
 

@@ -24,7 +24,7 @@ from flyte.config._reader import get_config_file
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support import ArtifactServer, AuthServer, MlflowServer, Team, free_port, serving
+from tests.helpers.support import ArtifactServer, AuthServer, MlflowServer, Team, free_port, serving
 
 __all__ = ["AuthServer", "Links", "MlflowServer", "Recorded", "free_port"]
 

@@ -1,7 +1,7 @@
 """Tracking servers that authenticate: MLflow's basic-auth app, and a bearer-token proxy.
 
-The session's :class:`~tests.support.AuthServer` is ``mlflow server --app-name basic-auth``, which
-checks a password hash on every request. Each test gets a user of its own who may edit one
+The session's :class:`~tests.helpers.support.AuthServer` is ``mlflow server --app-name basic-auth``,
+which checks a password hash on every request. Each test gets a user of its own who may edit one
 experiment, only read a second and do nothing with a third. Credentials reach the tasks the way a
 ``flyte.Secret(as_env_var=...)`` puts them in a pod: as ``MLFLOW_TRACKING_USERNAME`` and
 ``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``) in the environment.
@@ -32,7 +32,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowConfig, MlflowRun, get_mlflow_run, mlflow_config, mlflow_run
-from tests.support import CREATE, SEARCH, UPDATE, AuthServer, MlflowServer, Relay, Team, own_run_id
+from tests.helpers.support import CREATE, SEARCH, UPDATE, AuthServer, MlflowServer, Relay, Team, own_run_id
 
 env = flyte.TaskEnvironment(name="auth")
 

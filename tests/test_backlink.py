@@ -19,7 +19,7 @@ from flyteplugins.mlflow._plan.backlink import action_url, tags_for
 from flyteplugins.mlflow._plan.plan import plan
 from flyteplugins.mlflow._plan.snapshot import Inherited, TaskSnapshot
 from flyteplugins.mlflow._tags import FLYTE_URL_TAG, NOTE_TAG
-from tests.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
+from tests.helpers.support import CREATE, LOG_METRIC, UPDATE, own_run_id, screenshot
 from tests.test_remote import RequestLog, _run_parent, server  # noqa: F401  (server: the fixture)
 
 env = flyte.TaskEnvironment(name="backlink-tests")

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
-from tests.support import Relay, own_run_id
+from tests.helpers.support import Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="cancellation")
 

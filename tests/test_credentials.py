@@ -33,7 +33,7 @@ from flyteplugins.mlflow import (
     mlflow_run,
 )
 from flyteplugins.mlflow._settings.config import decode
-from tests.support import Recorder
+from tests.helpers.support import Recorder
 
 env = flyte.TaskEnvironment(name="credentials")
 

@@ -16,7 +16,7 @@ from flyte.extend import AsyncFunctionTaskTemplate
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
-from tests.support import MlflowServer
+from tests.helpers.support import MlflowServer
 
 env = flyte.TaskEnvironment(name="decorate-tests")
 

@@ -82,7 +82,7 @@ def check_pages(pages: dict[str, str], workdir: Path) -> list[str]:
             "-m",
             "mypy",
             "--config-file",
-            str(ROOT / "mypy.ini"),
+            str(ROOT / "pyproject.toml"),
             "--cache-dir",
             str(ROOT / ".mypy_cache"),
             "--no-error-summary",

@@ -2,9 +2,10 @@
 
 Flyte's local mode runs an Elastic task's body once, in the caller, with no workers; a pod takes the
 plugin's other branch, where ``elastic_launch`` spawns the workers. So each case here runs a task of
-``elastic_child`` through Flyte's task runner in a subprocess (``tests/pods.py``), which spawns two
-gloo workers that train a tiny model with DDP. Every request reaches the tracking server through a
-relay that names the process that sent it, so requests are counted per rank, at the server's door.
+``tests.helpers.elastic_child`` through Flyte's task runner in a subprocess
+(``tests/helpers/pods.py``), which spawns two gloo workers that train a tiny model with DDP. Every
+request reaches the tracking server through a relay that names the process that sent it, so requests
+are counted per rank, at the server's door.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from flyte._internal.runtime.entrypoints import load_task
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
-from tests.pods import RESOLVER, Action, make_inputs
-from tests.support import MlflowServer, Relay, own_run_id
+from tests.helpers.pods import RESOLVER, Action, make_inputs
+from tests.helpers.support import MlflowServer, Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="elastic-tests")
 
+MODULE = "tests.helpers.elastic_child"
 STEPS = 5
 NO_RANK, ALL_RANKS = -2, -1
 
@@ -77,12 +79,12 @@ def run_pod(action: Action) -> dict[str, Any]:
 @env.task
 async def parent_of_a_pod(task_name: str, workdir: str, fail_rank: int, ask_id: bool) -> str:
     """A tracked parent whose child runs in a pod of its own; reports the pod as JSON."""
-    child = load_task(RESOLVER, "mod", "elastic_child", "instance", task_name)
+    child = load_task(RESOLVER, "mod", MODULE, "instance", task_name)
     inputs = await convert_from_native_to_inputs(
         child.native_interface, steps=STEPS, fail_rank=fail_rank, ask_id=ask_id
     )
     data = inputs.proto_inputs.SerializeToString(deterministic=True)
-    action = Action(Path(workdir), task_name, data, module="elastic_child")
+    action = Action(Path(workdir), task_name, data, module=MODULE)
     report = await asyncio.to_thread(run_pod, action)
     return json.dumps({**report, "parent": own_run_id()})
 
@@ -122,8 +124,8 @@ def _run_case(
         )
         report: dict[str, Any] = json.loads(out.outputs()[0])
     else:
-        inputs = make_inputs(task_name, ctx, module="elastic_child", steps=STEPS, **values)
-        report = run_pod(Action(tmp_path, task_name, inputs, module="elastic_child"))
+        inputs = make_inputs(task_name, ctx, module=MODULE, steps=STEPS, **values)
+        report = run_pod(Action(tmp_path, task_name, inputs, module=MODULE))
     report["ranks"] = {int(k): v for k, v in report["ranks"].items()}
     return report
 
@@ -240,12 +242,12 @@ def test_other_ranks_reach_the_decorators_tracking_uri_with_a_bare_client(
     inputs = make_inputs(
         "ddp_uri_on_decorator",
         mlflow_config(experiment_id=experiment[1]),
-        module="elastic_child",
+        module=MODULE,
         steps=STEPS,
         fail_rank=NO_RANK,
         ask_id=True,
     )
-    action = Action(tmp_path, "ddp_uri_on_decorator", inputs, module="elastic_child")
+    action = Action(tmp_path, "ddp_uri_on_decorator", inputs, module=MODULE)
     proc = action.start(0, {"TEST_DECORATOR_URI": tracking_uri})
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and not action.failed(), out.decode(errors="replace")[-3000:]

@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:  # the editable install already puts it there; a p
     sys.path.insert(0, str(REPO))
 
 from examples import hpo, quickstart, sklearn_autolog, with_secrets  # noqa: E402
-from tests.support import ArtifactServer, AuthServer, Team  # noqa: E402
+from tests.helpers.support import ArtifactServer, AuthServer, Team  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID = r"[0-9a-f]{32}"

@@ -36,7 +36,7 @@ from flyteplugins.mlflow import (
 from flyteplugins.mlflow._transport import rest as _rest
 from flyteplugins.mlflow._transport.policy import DEFAULT_POLICY, RequestPolicy
 from flyteplugins.mlflow._transport.rest import MAX_CONCURRENT_REQUESTS
-from tests.support import MlflowServer, Relay, free_port, serving
+from tests.helpers.support import MlflowServer, Relay, free_port, serving
 
 env = flyte.TaskEnvironment(name="faults")
 

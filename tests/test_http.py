@@ -24,7 +24,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 
 from flyteplugins.mlflow._transport import http as _http
 from flyteplugins.mlflow._transport.client import client_for
-from tests.support import Recorder
+from tests.helpers.support import Recorder
 
 UPDATE = "/api/2.0/mlflow/runs/update"
 

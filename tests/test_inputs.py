@@ -1,7 +1,7 @@
 """``log_inputs=True``: a task's inputs become its run's params and datasets, on a real tracking server.
 
-The tasks are in ``inputs_child``, so one of them also runs as a pod, through Flyte's task runner,
-where its inputs arrive through Flyte's own conversion of the inputs file.
+The tasks are in ``tests.helpers.inputs_child``, so one of them also runs as a pod, through Flyte's
+task runner, where its inputs arrive through Flyte's own conversion of the inputs file.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from flyteplugins.mlflow._inputs.inputs import (
     looks_like_credential,
 )
 from tests.conftest import MlflowServer
-from tests.inputs_child import Model, Optimizer, TrainConfig, every_type, logs_lr_again, study
-from tests.pods import Action, make_inputs
-from tests.support import Relay, own_run_id, screenshot
+from tests.helpers.inputs_child import Model, Optimizer, TrainConfig, every_type, logs_lr_again, study
+from tests.helpers.pods import Action, make_inputs
+from tests.helpers.support import Relay, own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="inputs")
 
@@ -124,7 +124,8 @@ def test_in_a_pod_inputs_arrive_through_flytes_conversion(
 ) -> None:
     """The same task run as a pod, from an inputs file Flyte wrote, records the same params and datasets."""
     context = dict(mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1]))
-    module = "tests.inputs_child"  # the module the test imports, so the enum and dataclasses are its own
+    # the module the test imports, so the enum and dataclasses are its own
+    module = "tests.helpers.inputs_child"
     inputs = make_inputs("every_type", context, module, **EVERY_TYPE)
     action = Action(tmp_path, "every_type", inputs, module=module)
     proc = action.start(0)

@@ -1,10 +1,11 @@
 """Kills, retries and restarts, the way a pod lives them: Flyte's task runner in a subprocess.
 
 Each attempt of an action is a process of its own, started the way the backend starts one
-(``remote_child.main``: the task loaded by name, its inputs file, the same run and action names for
-every attempt, ``FLYTE_ATTEMPT_NUMBER`` counting from 0, and checkpoint paths). The test kills it with
-SIGKILL mid-body, as the OOM killer or a lost node would, then starts the next attempt, and reads
-what the real tracking server holds afterwards. The server's access log counts the requests.
+(``tests.helpers.remote_child.main``: the task loaded by name, its inputs file, the same run and
+action names for every attempt, ``FLYTE_ATTEMPT_NUMBER`` counting from 0, and checkpoint paths). The
+test kills it with SIGKILL mid-body, as the OOM killer or a lost node would, then starts the next
+attempt, and reads what the real tracking server holds afterwards. The server's access log counts
+the requests.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._runs.sigterm import KILL_DEADLINE
-from tests.pods import RESOLVER, Action, make_inputs, reaped, wait_blocked
-from tests.support import (
+from tests.helpers.pods import REMOTE_CHILD, RESOLVER, Action, make_inputs, reaped, wait_blocked
+from tests.helpers.support import (
     CREATE,
     GET_RUN,
     LOG_BATCH,
@@ -157,7 +158,7 @@ def server(mlflow_server: MlflowServer) -> Iterator[MlflowServer]:
 @env.task
 async def outlives_its_child(workdir: str) -> str:
     """Start a nested child in a pod of its own, SIGKILL it mid-body, and return what happened (JSON)."""
-    child = load_task(RESOLVER, "mod", "remote_child", "instance", "blocking_nested_child")
+    child = load_task(RESOLVER, "mod", REMOTE_CHILD, "instance", "blocking_nested_child")
     inputs = await convert_from_native_to_inputs(child.native_interface, value=0.5)
     action = Action(
         Path(workdir), "blocking_nested_child", inputs.proto_inputs.SerializeToString(deterministic=True)
@@ -197,13 +198,15 @@ def test_a_child_killed_without_a_retry_is_swept_by_the_root(
 
 # --- SIGTERM to a process blocked in native code ----------------------------------------------
 
+PLAIN_CHILD = "tests.helpers.plain_child"  # the same blocking task in a module without the plugin
+
 # module, task, extra environment, whether the process owns a run, its SIGTERM disposition is the default
 SIGTERM_CASES = {
-    "tracked-main-thread-in-gloo": ("remote_child", "blocks_in_gloo", {}, True, False),
-    "tracked-sync-task-in-gloo": ("remote_child", "blocks_in_gloo_sync", {}, True, False),
-    "rank-1-in-gloo": ("remote_child", "blocks_in_gloo", {"RANK": "1"}, False, True),
-    "untracked-task-in-gloo": ("remote_child", "untracked_blocks_in_gloo", {}, False, False),
-    "without-the-plugin": ("plain_child", "blocks_in_gloo", {}, False, True),
+    "tracked-main-thread-in-gloo": (REMOTE_CHILD, "blocks_in_gloo", {}, True, False),
+    "tracked-sync-task-in-gloo": (REMOTE_CHILD, "blocks_in_gloo_sync", {}, True, False),
+    "rank-1-in-gloo": (REMOTE_CHILD, "blocks_in_gloo", {"RANK": "1"}, False, True),
+    "untracked-task-in-gloo": (REMOTE_CHILD, "untracked_blocks_in_gloo", {}, False, False),
+    "without-the-plugin": (PLAIN_CHILD, "blocks_in_gloo", {}, False, True),
 }
 
 

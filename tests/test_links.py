@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
 from tests.conftest import Recorded
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="links-tests")
 

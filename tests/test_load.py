@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._transport.rest import MAX_CONCURRENT_REQUESTS
-from tests.support import MlflowServer, Relay, own_run_id
+from tests.helpers.support import MlflowServer, Relay, own_run_id
 
 env = flyte.TaskEnvironment(name="load")
 

@@ -6,7 +6,7 @@ import flyte
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowRun, mlflow_config, mlflow_run
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="names-tests")
 

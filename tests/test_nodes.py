@@ -1,10 +1,10 @@
 """Distributed training on two nodes: two pods of one ``Elastic(nnodes=2, nproc_per_node=2)`` job.
 
-Each pod is Flyte's task runner in a subprocess (``tests/pods.py``) running the same action of a task
-of ``nodes_child``; the pods' elastic agents meet at a c10d rendezvous on loopback, and four gloo
-workers train with DDP. Every request reaches the tracking server through a relay that names the
-process that sent it, in the order they arrive, so requests are counted per rank and ordered against
-rank 0's final status. MLflow's monitors sample every 0.25 s here
+Each pod is Flyte's task runner in a subprocess (``tests/helpers/pods.py``) running the same action
+of a task of ``tests.helpers.nodes_child``; the pods' elastic agents meet at a c10d rendezvous on
+loopback, and four gloo workers train with DDP. Every request reaches the tracking server through a
+relay that names the process that sent it, in the order they arrive, so requests are counted per
+rank and ordered against rank 0's final status. MLflow's monitors sample every 0.25 s here
 (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``), so a training of a few seconds has several samples.
 """
 
@@ -22,13 +22,13 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config
-from tests.pods import Action, make_inputs
-from tests.support import MlflowServer, Relay, free_port
+from tests.helpers.pods import Action, make_inputs
+from tests.helpers.support import MlflowServer, Relay, free_port
 from tests.test_elastic import pid_of
 
 STEPS = 6
 NO_RANK = -1
-MODULE = "nodes_child"
+MODULE = "tests.helpers.nodes_child"
 SAMPLING = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
 NODE_METRICS = ("cpu_utilization_percentage", "system_memory_usage_megabytes")
 Job = dict[str, Any]

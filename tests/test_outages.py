@@ -36,8 +36,8 @@ from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._transport.client import client_for
 from flyteplugins.mlflow._transport.policy import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY
 from flyteplugins.mlflow._transport.rest import RestClient
-from tests.pods import Action, make_inputs, wait_blocked
-from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
+from tests.helpers.pods import Action, make_inputs, wait_blocked
+from tests.helpers.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
 
 env = flyte.TaskEnvironment(name="outage-tests")
 REPLAY = re.compile(r"python -m flyteplugins\.mlflow replay (\S+)")

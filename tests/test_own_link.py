@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page
 from flyteplugins.mlflow import LinkTarget, Mlflow, MlflowRun, RunMode, mlflow_config, mlflow_run
 from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY, RESOLVED_EXPERIMENTS_KEY
 from tests.conftest import Links, MlflowServer, Recorded
-from tests.support import CREATE, LOG_METRIC, SEARCH, UPDATE, own_run_id, screenshot
+from tests.helpers.support import CREATE, LOG_METRIC, SEARCH, UPDATE, own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="own-link-tests")
 

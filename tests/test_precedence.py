@@ -29,7 +29,7 @@ from flyteplugins.mlflow import (
     mlflow_config,
     mlflow_run,
 )
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-precedence")
 

@@ -5,8 +5,8 @@ On a cluster, a parent task submits a child by writing the child's inputs, which
 the parent is a real tracked task in the test process. It builds the child's inputs with Flyte's own
 ``convert_from_native_to_inputs``, inside the plugin's scope, exactly as the remote controller does,
 writes them to a file, and runs the child through Flyte's ``load_and_run_task`` in a subprocess
-(``remote_child.py``). While the child's process runs, the parent only waits, so every request the
-tracking server sees in that window comes from the child's process.
+(``tests/helpers/remote_child.py``). While the child's process runs, the parent only waits, so every
+request the tracking server sees in that window comes from the child's process.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from flyte._internal.runtime.io import error_path, load_outputs, outputs_path
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import get_mlflow_run, mlflow_config, mlflow_run
-from tests.support import CREATE, GET_RUN, LOG_METRIC, UPDATE
+from tests.helpers.support import CREATE, GET_RUN, LOG_METRIC, UPDATE
 
 env = flyte.TaskEnvironment(name="remote-tests")
 
-TESTS_DIR = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
-CHILD_ENTRY = "import sys, remote_child; sys.exit(remote_child.main(sys.argv[1:]))"
+CHILD_MODULE = "tests.helpers.remote_child"
+CHILD_ENTRY = "import sys; from tests.helpers import remote_child; sys.exit(remote_child.main(sys.argv[1:]))"
 
 
 class RequestLog(Protocol):
@@ -64,9 +65,7 @@ def _child_env() -> dict[str, str]:
     """The child's environment: nothing MLflow-specific, as in a fresh container; only the context says."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     child_env.pop("RANK", None)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(TESTS_DIR), str(TESTS_DIR.parent), child_env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
+    child_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), child_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return child_env
 
 
@@ -86,7 +85,7 @@ async def parent(child_name: str, value: float, workdir: str) -> str:
     parent_id = str(run.info.run_id)
     client = MlflowClient(log.uri)
 
-    child = load_task(RESOLVER, "mod", "remote_child", "instance", child_name)
+    child = load_task(RESOLVER, "mod", CHILD_MODULE, "instance", child_name)
     inputs = await convert_from_native_to_inputs(child.native_interface, value=value)
     sent = dict(inputs.context)
     received_locally = await context_probe()

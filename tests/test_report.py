@@ -47,7 +47,7 @@ from flyteplugins.mlflow._report.report import (
     downsample,
     render,
 )
-from tests.support import (
+from tests.helpers.support import (
     CREATE,
     GET_RUN,
     LOG_BATCH,

@@ -37,7 +37,7 @@ from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._transport.client import client_for
 from flyteplugins.mlflow._transport.rest import RestClient
 from tests.conftest import MlflowServer
-from tests.support import (
+from tests.helpers.support import (
     BY_NAME,
     CREATE,
     GET_RUN,

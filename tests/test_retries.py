@@ -2,8 +2,9 @@
 
 Flyte's local mode retries a failed task (``retries=2`` gives up to three attempts) but reports
 attempt number 0 every time, so there the tag's presence is checked, not its value. Attempts are
-counted in files in the test's own working directory. The tag's value is checked on attempts run
-as a pod's would be (``tests/pods.py``), each a process of its own with ``FLYTE_ATTEMPT_NUMBER``.
+counted in files in the test's own working directory. The tag's value is checked on attempts run as
+a pod's would be (``tests/helpers/pods.py``), each a process of its own with
+``FLYTE_ATTEMPT_NUMBER``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import mlflow_config, mlflow_run
-from tests.pods import Action, make_inputs
-from tests.support import own_run_id
+from tests.helpers.pods import Action, make_inputs
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="attempts")
 

@@ -18,7 +18,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from flyteplugins.mlflow import MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="e2e-run-modes")
 other_env = flyte.TaskEnvironment(name="e2e-run-modes-other")

@@ -25,7 +25,7 @@ from flyteplugins.mlflow._patches import current
 from flyteplugins.mlflow._patches import runstack as _runstack
 from flyteplugins.mlflow._patches.current import TrackedCall, unbind
 from flyteplugins.mlflow._patches.runstack import ContextLocalRunStack, bound
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="runstack-owner")
 

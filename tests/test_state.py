@@ -31,7 +31,7 @@ from mlflow.utils.thread_utils import ThreadLocalVariable
 from flyteplugins.mlflow import mlflow_config, mlflow_run
 from flyteplugins.mlflow._patches import per_call_state as _state
 from flyteplugins.mlflow._patches.current import TrackedCall, entered
-from tests.support import ArtifactServer, own_run_id
+from tests.helpers.support import ArtifactServer, own_run_id
 
 env = flyte.TaskEnvironment(name="state-tests")
 

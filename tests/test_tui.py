@@ -23,7 +23,7 @@ from textual.widgets import Static
 
 from flyteplugins.mlflow import MlflowRun, RunMode, mlflow_config, mlflow_run
 from tests.conftest import MlflowServer, Recorded
-from tests.support import own_run_id, screenshot
+from tests.helpers.support import own_run_id, screenshot
 
 env = flyte.TaskEnvironment(name="tui")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser
 
-from tests.support import free_port
+from tests.helpers.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "examples" / "ui.py")

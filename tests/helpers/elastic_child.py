@@ -7,7 +7,7 @@ the task's Flyte context with ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and ``GRO
 steps and logs the loss per step where it has a run. Each rank writes ``rank-<n>.json`` in the
 working directory: its process id, what it saw, and, when asked, ``get_mlflow_run_id()``.
 
-``tests/pods.py`` runs them through ``pod_runner``.
+``tests/helpers/pods.py`` runs them through ``pod_runner``.
 """
 
 from __future__ import annotations

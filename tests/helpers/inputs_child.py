@@ -1,7 +1,7 @@
 """Tasks whose inputs ``log_inputs=True`` records, for ``test_inputs.py``: run locally, or as a pod.
 
-The pod runs one through Flyte's task runner (``tests.pods``), so its inputs arrive through Flyte's
-own conversion from the inputs file, as on a cluster.
+The pod runs one through Flyte's task runner (``tests.helpers.pods``), so its inputs arrive through
+Flyte's own conversion from the inputs file, as on a cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pydantic
 from flyte.io import DataFrame, Dir, File
 
 from flyteplugins.mlflow import mlflow_run
-from tests.support import own_run_id
+from tests.helpers.support import own_run_id
 
 env = flyte.TaskEnvironment(name="inputs-child")
 

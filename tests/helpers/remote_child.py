@@ -3,8 +3,8 @@
 On a cluster, each task runs in its own container, started by Flyte's ``a0`` entry point;
 :func:`main` runs one the same way in a subprocess (see ``pod_runner``).
 
-Usage: ``python -c "import remote_child, sys; sys.exit(remote_child.main(sys.argv[1:]))" TASK INPUTS
-OUTPUT_DIR RUN_NAME ACTION_NAME`` with this directory and the repository's on ``PYTHONPATH``.
+Usage, with the repository on ``PYTHONPATH``: ``python -c "import sys; from tests.helpers import
+remote_child; sys.exit(remote_child.main(sys.argv[1:]))" TASK INPUTS OUTPUT_DIR RUN_NAME ACTION_NAME``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import flyte
 import mlflow
 
 from flyteplugins.mlflow import get_mlflow_run, mlflow_run
-from tests import pod_runner
+from tests.helpers import pod_runner
 
 env = flyte.TaskEnvironment(name="remote-child")
 

@@ -24,11 +24,12 @@ from typing import Any
 from flyte._internal.runtime.convert import convert_from_native_to_inputs
 from flyte._internal.runtime.entrypoints import load_task
 
-__all__ = ["RESOLVER", "Action", "make_inputs", "pod_env", "reaped", "wait_blocked"]
+__all__ = ["REMOTE_CHILD", "RESOLVER", "Action", "make_inputs", "pod_env", "reaped", "wait_blocked"]
 
-TESTS_DIR = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository, so the task modules import as tests.helpers.*
 RESOLVER = "flyte._internal.resolvers.default.DefaultTaskResolver"
-ENTRY = "import sys; from tests import pod_runner; sys.exit(pod_runner.run({module!r}, sys.argv[1:]))"
+REMOTE_CHILD = "tests.helpers.remote_child"  # the module of the tasks an Action runs unless told
+ENTRY = "import sys; from tests.helpers import pod_runner; sys.exit(pod_runner.run({module!r}, sys.argv[1:]))"
 
 
 def pod_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -36,7 +37,7 @@ def pod_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TORCHELASTIC_"))}
     for name in ("RANK", "FLYTE_ATTEMPT_NUMBER"):
         out.pop(name, None)
-    paths = [str(TESTS_DIR), str(TESTS_DIR.parent), out.get("PYTHONPATH", "")]
+    paths = [str(ROOT), out.get("PYTHONPATH", "")]
     out["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
     out.update(extra or {})
     return out
@@ -45,7 +46,7 @@ def pod_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Action:
     """One Flyte action of a task in ``remote_child``: its inputs file and its names, for every attempt."""
 
-    def __init__(self, workdir: Path, task_name: str, inputs: bytes, module: str = "remote_child") -> None:
+    def __init__(self, workdir: Path, task_name: str, inputs: bytes, module: str = REMOTE_CHILD) -> None:
         self.workdir = workdir
         self.task_name = task_name
         self.module = module
@@ -95,7 +96,7 @@ def reaped(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def make_inputs(
-    task_name: str, context: Mapping[str, str], module: str = "remote_child", **values: Any
+    task_name: str, context: Mapping[str, str], module: str = REMOTE_CHILD, **values: Any
 ) -> bytes:
     """The inputs file the backend writes for a top-level action of ``task_name``."""
     task = load_task(RESOLVER, "mod", module, "instance", task_name)

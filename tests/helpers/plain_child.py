@@ -1,7 +1,7 @@
 """The same blocking task as ``remote_child.blocks_in_gloo``, in a module that never imports the plugin.
 
-It is the baseline: how a pod's process reacts to SIGTERM without the plugin. ``tests/pods.py`` runs
-it through ``pod_runner``, which does not import the plugin either.
+It is the baseline: how a pod's process reacts to SIGTERM without the plugin.
+``tests/helpers/pods.py`` runs it through ``pod_runner``, which does not import the plugin either.
 """
 
 from __future__ import annotations

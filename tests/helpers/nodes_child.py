@@ -1,13 +1,13 @@
 """Elastic (PyTorch) tasks on two nodes, that ``test_nodes.py`` runs as two pods.
 
-Each pod is Flyte's task runner in a process of its own (``tests/pods.py``) running the same action of
-an ``Elastic(nnodes=2, nproc_per_node=2)`` task: both pods' elastic agents meet at one c10d rendezvous
-on loopback (``PET_RDZV_ENDPOINT``), as the pods of one PyTorch job do, and spawn two gloo workers
-each: four ranks on two nodes. Each rank trains a tiny model with DDP, logs its loss per step where
-it has a run, and writes ``rank-<rank>-<restart>.json`` in its pod's working directory: its process
-id, its variables, its run, whether the plugin's SIGTERM handler is installed and, when asked,
-``get_mlflow_run_id()``. The pod without rank 0 returns
-``None``, as Flyte's Elastic does, so the tasks return ``str | None``.
+Each pod is Flyte's task runner in a process of its own (``tests/helpers/pods.py``) running the same
+action of an ``Elastic(nnodes=2, nproc_per_node=2)`` task: both pods' elastic agents meet at one
+c10d rendezvous on loopback (``PET_RDZV_ENDPOINT``), as the pods of one PyTorch job do, and spawn
+two gloo workers each: four ranks on two nodes. Each rank trains a tiny model with DDP, logs its
+loss per step where it has a run, and writes ``rank-<rank>-<restart>.json`` in its pod's working
+directory: its process id, its variables, its run, whether the plugin's SIGTERM handler is installed
+and, when asked, ``get_mlflow_run_id()``. The pod without rank 0 returns ``None``, as Flyte's
+Elastic does, so the tasks return ``str | None``.
 """
 
 from __future__ import annotations
