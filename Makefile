@@ -61,6 +61,7 @@ typecheck: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) bench/run_all.py

@@ -10,7 +10,8 @@ such as resolved experiment names, start empty), against the server started here
 * (e) ``sigterm``: the time from SIGTERM to exit of a pod blocked in native code, with and without the plugin;
 * (f) ``epoch_logging``: parallel trials logging every epoch, untracked vs synchronous vs ``async_logging``;
 * (g) ``outage``: a 20 s restart of the tracking server in the middle of a queued 16-trial study, against
-  the same study with no outage (on a server of its own, which it stops and starts again).
+  the same study with no outage (on a server of its own, which it stops and starts again);
+* (h) ``import_cost``: import time and memory of the plugin, and of an untracked task beside it.
 
 Each scenario can also run alone: ``python -m bench.parallel_trials`` starts its own server.
 """
@@ -39,6 +40,7 @@ SCENARIOS = (
     "sigterm",
     "epoch_logging",
     "outage",
+    "import_cost",
 )
 
 

@@ -6,7 +6,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
-from flyte.extend import TaskTemplate
 from typing_extensions import ParamSpec, Unpack
 
 from flyteplugins.mlflow._settings import config
@@ -16,6 +15,8 @@ from flyteplugins.mlflow._settings.enums import OnRetry, OnTrackingError, RankSc
 from flyteplugins.mlflow._tracker import MlflowRun
 
 if TYPE_CHECKING:
+    from flyte.extend import TaskTemplate
+
     from mlflow.tracking.fluent import ActiveRun
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T", bound=TaskTemplate[Any, Any, Any])
+T = TypeVar("T", bound="TaskTemplate[Any, Any, Any]")
 
 
 class ConfigOptions(TypedDict, total=False):

@@ -6,10 +6,10 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import attrs
-from flyte.extend import TaskTemplate
+import flyte
 from typing_extensions import ParamSpec
 
 from flyteplugins.mlflow._links.link import DEFAULT_NAME, Mlflow
@@ -18,11 +18,14 @@ from flyteplugins.mlflow._runs import sigterm
 from flyteplugins.mlflow._settings.config import MlflowConfig
 from flyteplugins.mlflow._settings.settings import FIELDS, MlflowTrackingSettings
 
+if TYPE_CHECKING:
+    from flyte.extend import TaskTemplate
+
 __all__ = ["MlflowRun"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T", bound=TaskTemplate[Any, Any, Any])
+T = TypeVar("T", bound="TaskTemplate[Any, Any, Any]")
 
 
 def _rank(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -88,7 +91,7 @@ class MlflowRun(MlflowTrackingSettings):
         # sync task body runs in a worker thread: decorating, usually at import on the main thread,
         # is the one moment that is sure to be there (see docs/design.md).
         sigterm.install(self.rank)
-        if isinstance(target, TaskTemplate):
+        if isinstance(target, flyte.TaskTemplate):  # flyte.extend costs more to import than all else
             return self._decorate_task(target)
         if callable(target):
             return self._wrap(target)

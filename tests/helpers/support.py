@@ -88,6 +88,7 @@ class MlflowServer:
             "PYTHONUNBUFFERED": "1",
             "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64",
             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "128",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job runners: tracking only
             **self._env,
         }
         for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
