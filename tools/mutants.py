@@ -45,7 +45,7 @@ class _PerThread(_threading.local):
         self.value = token
 
 
-_BOUND = _PerThread()
+_CALL = _PerThread()
 """
 
 
@@ -65,9 +65,9 @@ MUTANTS = (
     Mutant(
         "runstack-thread-local",
         "the run stack's binding is kept per thread instead of per contextvars context",
-        "_runstack.py",
-        "_BOUND: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar(\n"
-        '    "flyteplugins_mlflow_runs", default=None\n)\n',
+        "_patches/current.py",
+        "_CALL: contextvars.ContextVar[TrackedCall | None] = contextvars.ContextVar(\n"
+        '    "flyteplugins_mlflow_call", default=None\n)\n',
         _THREAD_LOCAL_BINDING,
         (
             "tests/test_concurrency.py::test_parallel_trials_log_into_their_own_runs[gather-nested-async]",
@@ -78,9 +78,9 @@ MUTANTS = (
     Mutant(
         "run-not-on-stack",
         "a tracked call binds an empty stack, so MLflow's fluent calls do not find the task's run",
-        "_lifecycle.py",
-        "stack_token = _runstack.bind(runs, owner)",
-        "stack_token = _runstack.bind([], owner)",
+        "_engine/binding.py",
+        "        runs=[opened.run],\n",
+        "        runs=[],\n",
         (
             "tests/test_concurrency.py::test_parallel_trials_log_into_their_own_runs[gather-nested-sync-threads]",
         ),
@@ -88,9 +88,9 @@ MUTANTS = (
     Mutant(
         "owner-check-dropped",
         "the run stack's owner check is gone: an untracked child task sees its caller's run",
-        "_runstack.py",
-        "if binding is None or (binding.owner is not None and binding.owner != _owner_probe()):",
-        "if binding is None:",
+        "_patches/current.py",
+        "if call is None or (call.owner is not None and call.owner != current_task()):",
+        "if call is None:",
         (
             "tests/test_runstack.py::test_an_untracked_child_does_not_see_its_callers_run[async-child]",
             "tests/test_runstack.py::test_an_untracked_child_does_not_see_its_callers_run[sync-child]",
@@ -99,23 +99,23 @@ MUTANTS = (
     Mutant(
         "failure-ends-finished",
         "a run whose task raised ends FINISHED instead of FAILED",
-        "_lifecycle.py",
-        "    return RunStatus.to_string(RunStatus.FAILED)\n\n",
-        "    return RunStatus.to_string(RunStatus.FINISHED)\n\n",
+        "_runs/finish.py",
+        "        return KILLED\n    return FAILED\n",
+        "        return KILLED\n    return FINISHED\n",
         ("tests/test_status.py::test_failure_fails_the_run_and_propagates",),
     ),
     Mutant(
         "cancel-ends-failed",
         "a cancelled task's run ends FAILED instead of KILLED",
-        "_lifecycle.py",
-        "return RunStatus.to_string(RunStatus.KILLED)",
-        "return RunStatus.to_string(RunStatus.FAILED)",
+        "_runs/finish.py",
+        "        return KILLED\n    return FAILED\n",
+        "        return FAILED\n    return FAILED\n",
         ("tests/test_status.py::test_cancelled_and_timed_out_children_are_killed",),
     ),
     Mutant(
         "request-share-fetches",
         "a child sharing its caller's run in the same process fetches it (0 requests become 1 each)",
-        "_lifecycle.py",
+        "_runs/open.py",
         "if local_run is not None and local_run.info.run_id == p.run_id:",
         "if False:",
         ("tests/test_request_counts.py::test_auto_children_in_the_parents_process_make_no_requests",),
@@ -123,10 +123,10 @@ MUTANTS = (
     Mutant(
         "request-tags-apart",
         "a child with its own run sets its tags in a request of their own (2 requests become 3)",
-        "_lifecycle.py",
+        "_runs/open.py",
         "                run = ActiveRun(create(tags))\n",
         "                run = ActiveRun(create({}))\n"
-        "                server.set_tags(run.info.run_id, tags)\n",
+        "                client.set_tags(run.info.run_id, tags)\n",
         (
             "tests/test_request_counts.py::test_children_with_their_own_run_make_two_requests_each[nested]",
             "tests/test_request_counts.py::test_children_with_their_own_run_make_two_requests_each[new]",
@@ -135,7 +135,7 @@ MUTANTS = (
     Mutant(
         "nodes-not-waited",
         "rank 0 sets the final status without waiting for the other nodes' system-metrics monitors",
-        "_system_metrics.py",
+        "_distributed/system_metrics.py",
         "        if self.node is None or not succeeded:\n            return\n",
         "        if True:\n            return\n",
         ("tests/test_nodes.py::test_every_node_monitors_into_rank_0s_run",),
@@ -143,7 +143,7 @@ MUTANTS = (
     Mutant(
         "sigterm-watcher-not-started",
         "the SIGTERM watcher thread is created but never started",
-        "_signals.py",
+        "_runs/sigterm.py",
         '        name="flyteplugins-mlflow-sigterm",\n        daemon=True,\n    ).start()\n',
         '        name="flyteplugins-mlflow-sigterm",\n        daemon=True,\n    )\n',
         (
