@@ -58,6 +58,8 @@ TARGET = 1.3
 ROOT: Final = Path(__file__).resolve().parent.parent
 BASELINE: Final = "896205d"
 """Main before issue 11: the last commit before the plugin's queue, when the issue's figures were taken."""
+BEFORE_REDESIGN: Final = "330862d"
+"""Main before issue 27 (the rooms): the same requests are expected of the redesign, at the same speed."""
 
 
 @attrs.frozen
@@ -203,6 +205,9 @@ def main() -> None:
             sync_variant = variants[False]
             if shape == SHAPES[0]:
                 rows += baseline(server.uri, proxy, experiment_id, client, shape)
+                rows += baseline(
+                    server.uri, proxy, experiment_id, client, shape, BEFORE_REDESIGN, "main before issue 27"
+                )
                 # Synchronous again after main's code, so that drift over the minutes in between weighs
                 # on both sides alike: target 2 compares main's median with that of both runs.
                 rows.append(measure("plugin, synchronous, again", *sync_variant, proxy, client, shape))
@@ -240,9 +245,15 @@ def issue_setup(untracked: float, shape: tuple[int, int, int]) -> None:
 
 
 def baseline(
-    uri: str, proxy: Proxy, experiment_id: str, client: MlflowClient, shape: tuple[int, int, int]
+    uri: str,
+    proxy: Proxy,
+    experiment_id: str,
+    client: MlflowClient,
+    shape: tuple[int, int, int],
+    revision: str = BASELINE,
+    name: str = "main before issue 11",
 ) -> list[Row]:
-    """The same study with main's code from before issue 11 (:data:`BASELINE`), synchronous and queued.
+    """The same study with main's code at ``revision`` (by default :data:`BASELINE`), synchronous and queued.
 
     The package as it was is unpacked from git into a temporary directory, and ``bench.epoch_study``
     runs in a process of its own with that directory first on ``sys.path``; its warm-up run goes
@@ -252,16 +263,16 @@ def baseline(
     n, epochs, repeat = shape
     with tempfile.TemporaryDirectory(prefix="flyteplugins-mlflow-baseline-") as tmp:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE, "flyteplugins"],
+            ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "flyteplugins"],
             capture_output=True,
             check=False,
         )
         if archive.returncode:
-            print(f"  (main before issue 11, {BASELINE}, not compared: {archive.stderr.decode().strip()})")
+            print(f"  ({name}, {revision}, not compared: {archive.stderr.decode().strip()})")
             return []
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         rows = []
-        for label, queued in (("main before issue 11, sync", False), ("main before issue 11, async", True)):
+        for label, queued in ((f"{name}, sync", False), (f"{name}, async", True)):
             args = [
                 "--tracking-uri", uri, "--experiment-id", experiment_id,
                 "--trials", str(n), "--epochs", str(epochs), "--repeat", str(repeat),
