@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import flyte
+import flyte.io
 import mlflow
 import pytest
 from mlflow.entities import Metric, Param, RunTag
