@@ -30,23 +30,19 @@ from flyteplugins.mlflow import (
     mlflow_run,
 )
 from flyteplugins.mlflow._plan.plan import ReportSpec
-from flyteplugins.mlflow._report.report import (
+from flyteplugins.mlflow._report.read import (
     MAX_CHARTS,
-    MAX_CHILD_METRICS,
     MAX_CHILDREN,
-    MAX_METRICS,
-    MAX_PARAMS,
-    MAX_TEXT,
     POINTS_DRAWN,
     POINTS_READ,
-    TAB,
     Chart,
     Child,
     RunView,
     _link,
     downsample,
-    render,
 )
+from flyteplugins.mlflow._report.render import MAX_CHILD_METRICS, MAX_METRICS, MAX_PARAMS, MAX_TEXT, render
+from flyteplugins.mlflow._report.report import TAB
 from tests.helpers.support import (
     CREATE,
     GET_RUN,

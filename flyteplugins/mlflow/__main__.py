@@ -1,10 +1,7 @@
 """``python -m flyteplugins.mlflow``: the plugin's command line. ``replay LOCATION`` sends a journal.
 
-A journal is what a task could not send to a tracking server that stayed away past
-``outage_timeout`` (see :mod:`flyteplugins.mlflow._buffer.journal`). Replaying it stores every point once
-and sets the run's final status; replaying it again changes nothing. It exits 0 when everything was
-sent, 1 when the server could not take it (the journal is kept), 2 for a bad command line or a file
-that is not a journal.
+Exit status: 0 when everything was sent, 1 when the server could not take it (the journal is kept),
+2 for a bad command line or a file that is not a journal.
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """The journal: what could not reach a tracking server that stayed away, kept until it can be sent.
 
-When a tracked task ends and its server has been away for longer than ``outage_timeout``, the values
-its queue still holds and the run's final status are written, in order, as a journal: one JSON
-object per line, an append-only file of the requests that would have gone out.
-
-* The first line names the journal's format, the tracking URI and the run.
-* Each ``"values"`` line is one logging call's metrics, params and tags, as they were given.
-* The last line is the run's final status and end time.
-
-The file is written and ``fsync``-ed on local disk first. In a task, it goes under the task's
-raw-data prefix in Flyte's store (``<raw_data_path>/mlflow-journal/<run id>-<end ms>.jsonl``) so that
-it outlives the pod; a local run's raw-data prefix is a local directory, and outside a task it is
-the temporary directory's ``flyteplugins-mlflow-journal``. If the upload fails the local file is named
-instead.
-
-:func:`replay` (``python -m flyteplugins.mlflow replay LOCATION``) sends a journal: every metric point,
-param and tag in as few ``log-batch`` requests as MLflow's limits allow, then the status. Sending it
-again changes nothing: the server keeps one copy of a repeated metric point, takes a param again with
-the same value and sets a tag or status to the value it already has. The journal is kept.
+:func:`write` keeps a run's unsent values and final status, in order, where they outlive the pod;
+:func:`replay` (``python -m flyteplugins.mlflow replay``) sends them, and sending twice changes
+nothing. The format and where it goes are in ``docs/design.md``.
 """
 
 from __future__ import annotations

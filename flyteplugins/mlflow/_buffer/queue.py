@@ -1,34 +1,8 @@
 """Queued logging for ``async_logging=True``: one request per run and interval, drained per run.
 
-MLflow's fluent ``log_*`` calls, with asynchronous logging on, hand their values to the tracking
-store's ``AsyncLoggingQueue``. That queue merges only *consecutive* calls for the same run into one
-request, so trials that log side by side (their calls interleave) send one ``runs/log-batch``
-request per call, and its only flush stops and restarts the whole queue for everyone. While the
-plugin holds asynchronous logging, :class:`RunQueue` stands in for it on the store (see
-:func:`install`), with the same surface (``log_batch_async`` returning MLflow's ``RunOperations``,
-``flush``, ``end_async_logging``, ``shut_down_async_logging``) and these rules:
-
-* values are kept per run, in the order they were logged; nothing is changed or merged away: every
-  ``Metric``, ``Param`` and ``RunTag`` is sent as it was given (same keys, values, steps and
-  timestamps), so ``MlflowClient.get_metric_history`` returns exactly what synchronous logging stores.
-  Calls that set the same param or tag key go in separate requests, in order, so each is stored or
-  refused on its own, as it would be synchronously;
-* a run's values go out in one ``log_batch`` call once the oldest of them has waited
-  :func:`interval` seconds, or once they fill a request (MLflow's limits: 1,000 entities, 100 params,
-  100 tags), or when the run is drained;
-* :meth:`RunQueue.drain` sends one run's values now, from the calling thread, and returns the errors
-  its queued calls met; other runs keep queueing meanwhile;
-* memory is bounded: at most :data:`LIMIT` values are queued in memory, plus the request being sent
-  (at most 1,000 values, read back from the spool if they were spilled). A call that would go past
-  it never waits: its values go to a temporary file on local disk (the spool) and
-  are read back, in their place in the run's order, when their turn comes. Nothing is dropped;
-* a server that is away (:data:`~flyteplugins.mlflow._errors.AWAY`: no connection, no answer, a
-  502/503/504) does not lose values: a batch it did not take goes back to the front of its run's
-  queue and is sent again with backoff (0.5 s doubling to 4 s), for as long as the server is away.
-  ``log_*`` calls keep returning at once meanwhile. :meth:`RunQueue.drain` with a deadline waits for
-  the server until then; :meth:`RunQueue.take` hands over what is still unsent (for the journal).
-
-Sends for one run never overlap, so a later value of a tag or param never overtakes an earlier one.
+MLflow's ``AsyncLoggingQueue`` merges only consecutive calls for one run, so interleaved trials send a
+request per call, and its one flush stops the queue for everyone. :class:`RunQueue` stands in for it
+on the tracking store (``process_state`` installs it); its rules are in ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -42,10 +16,10 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import IO, Final
 
+from flyteplugins.mlflow._buffer.records import Entry, RunEntries
 from flyteplugins.mlflow._buffer.values import MAX_ENTITIES, Batch, Values, values_from_json, values_json
 from flyteplugins.mlflow._errors import AWAY
 from flyteplugins.mlflow._transport.policy import RequestPolicy
@@ -73,73 +47,6 @@ def interval() -> float:
     """How long a value may wait for company: ``MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS`` if set, else 1 s."""
     seconds = MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS.get()
     return float(seconds) if seconds else DEFAULT_INTERVAL
-
-
-class _Entry:
-    """One ``log_batch_async`` call: its values, when it was queued, and whether it is stored.
-
-    It is also what MLflow's ``RunOperations`` waits on (``result()``), in place of a
-    ``concurrent.futures.Future``, which would cost a lock and a condition per call.
-    """
-
-    __slots__ = (
-        "cond",
-        "done",
-        "error",
-        "held",
-        "metrics",
-        "params",
-        "queued",
-        "seq",
-        "size",
-        "spilled",
-        "tags",
-    )
-
-    def __init__(
-        self, cond: threading.Condition, metrics: list[Metric], params: list[Param], tags: list[RunTag]
-    ) -> None:
-        self.cond = cond
-        self.seq = 0
-        self.metrics = metrics
-        self.params = params
-        self.tags = tags
-        self.size = len(metrics) + len(params) + len(tags)
-        self.held = self.size  # of them, in memory (0 once spilled to disk)
-        self.spilled: tuple[int, int] | None = None  # (offset, length) in the queue's spool file
-        self.queued = time.monotonic()
-        self.done = False
-        self.error: BaseException | None = None
-
-    def result(self, timeout: float | None = None) -> None:
-        """Wait until the values are stored; raise what storing them raised.
-
-        Raises:
-            TimeoutError: not stored within ``timeout`` seconds.
-        """
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.done, timeout):
-                raise TimeoutError
-        if self.error is not None:
-            raise self.error
-
-
-class _Run:
-    """One run's queued calls, the lock that keeps its sends in order, the errors not yet reported, and
-    while its server is away, when to try again."""
-
-    __slots__ = ("away", "entries", "errors", "inflight", "pause", "retry_at", "sending", "size", "taken")
-
-    def __init__(self) -> None:
-        self.entries: deque[_Entry] = deque()
-        self.size = 0  # the values in ``entries``
-        self.sending = threading.Lock()
-        self.errors: list[BaseException] = []
-        self.inflight: list[_Entry] = []  # the batch being sent right now
-        self.away = 0  # sends in a row the server did not take
-        self.pause = 0.0  # the backoff while the server is away (0: it is not)
-        self.retry_at = 0.0  # monotonic time before which the sending thread leaves the run alone
-        self.taken = False  # handed over by take(): what is in flight is no longer counted as held
 
 
 _open: weakref.WeakSet[RunQueue] = weakref.WeakSet()
@@ -177,7 +84,7 @@ class RunQueue:
         self._limit = limit
         self._spool: IO[bytes] | None = None
         self._cond = threading.Condition()
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunEntries] = {}
         self._held = 0  # values queued or being sent
         self._seq = itertools.count(1)
         self._closed = False
@@ -214,7 +121,7 @@ class RunQueue:
             MLflow's ``RunOperations``, whose ``wait()`` returns once the values are stored and raises
             what storing them raised.
         """
-        entry = _Entry(self._cond, list(metrics), list(params), list(tags))
+        entry = Entry(self._cond, list(metrics), list(params), list(tags))
         if self._closed:  # set once, never cleared: no lock needed to read it
             self._send_now(run_id, entry)
             return RunOperations([entry])
@@ -226,7 +133,7 @@ class RunQueue:
             entry.seq = next(self._seq)
             run = self._runs.get(run_id)
             if run is None:
-                run = self._runs[run_id] = _Run()
+                run = self._runs[run_id] = RunEntries()
             run.entries.append(entry)
             run.size += entry.size
             self._held += entry.held
@@ -288,7 +195,7 @@ class RunQueue:
             self._cond.notify_all()  # the sending thread skipped this run while it was being drained
         return self._errors_of(run)
 
-    def _errors_of(self, run: _Run) -> list[BaseException]:
+    def _errors_of(self, run: RunEntries) -> list[BaseException]:
         with self._cond:
             errors, run.errors = run.errors, []
         return errors
@@ -348,7 +255,7 @@ class RunQueue:
 
     # --- sending
 
-    def _spill(self, entry: _Entry) -> None:
+    def _spill(self, entry: Entry) -> None:
         """Move one call's values to the spool file (with the queue's lock held)."""
         if self._spool is None:
             self._spool = tempfile.TemporaryFile(prefix="flyteplugins-mlflow-queue-")  # noqa: SIM115 (closed by close())
@@ -361,7 +268,7 @@ class RunQueue:
         entry.metrics, entry.params, entry.tags = [], [], []
         entry.held = 0
 
-    def _values(self, entry: _Entry) -> Values:
+    def _values(self, entry: Entry) -> Values:
         """One call's values, read back from the spool if they were spilled (with the lock held)."""
         if entry.spilled is None or self._spool is None:
             return entry.metrics, entry.params, entry.tags
@@ -369,12 +276,12 @@ class RunQueue:
         self._spool.seek(offset)
         return values_from_json(json.loads(self._spool.read(length)))
 
-    def _send_chunk(self, run_id: str, run: _Run, mark: int | None, deadline: float | None) -> str:
+    def _send_chunk(self, run_id: str, run: RunEntries, mark: int | None, deadline: float | None) -> str:
         """Send the run's oldest values that fit in one request (up to sequence ``mark``), with
         ``run.sending`` held: ``"sent"``, ``"empty"`` (nothing to send), or ``"away"`` (the server
         did not take them; they are back at the front of the run's queue)."""
         with self._cond:
-            taken: list[_Entry] = []
+            taken: list[Entry] = []
             batch: list[Values] = []
             packer = Batch()
             while run.entries:
@@ -429,7 +336,7 @@ class RunQueue:
             self._cond.notify_all()
         return "sent"
 
-    def _send_now(self, run_id: str, entry: _Entry) -> None:
+    def _send_now(self, run_id: str, entry: Entry) -> None:
         """After :meth:`close`: store one call's values at once, in the calling thread."""
         try:
             self._send(run_id=run_id, metrics=entry.metrics, params=entry.params, tags=entry.tags)
@@ -437,9 +344,9 @@ class RunQueue:
             entry.error = e
         entry.done = True
 
-    def _due(self, now: float, wait: float) -> tuple[list[tuple[str, _Run]], float | None]:
+    def _due(self, now: float, wait: float) -> tuple[list[tuple[str, RunEntries]], float | None]:
         """The runs to send now, and how long until the next one is due (``None``: nothing queued)."""
-        due: list[tuple[str, _Run]] = []
+        due: list[tuple[str, RunEntries]] = []
         soonest: float | None = None
         for run_id, run in self._runs.items():
             if not run.entries or run.sending.locked():  # a drain is sending it: it notifies when done

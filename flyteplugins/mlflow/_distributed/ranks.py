@@ -1,10 +1,7 @@
 """Ranks other than 0: finding the run rank 0 logs to, and marking it ``FAILED`` when this rank fails.
 
-In distributed training only rank 0 has a run (unless ``rank_scope="worker"``); the other ranks run
-the body untracked. They may still need rank 0's run: its id, for ``get_mlflow_run_id()``, is free
-when the Flyte context holds it, else found by one search by the Flyte action and attempt, repeated
-while rank 0 has not created it yet. When this rank's body raises, the launcher stops rank 0 with
-SIGTERM, which alone would end the run ``KILLED``; so this rank first marks it ``FAILED``.
+Only rank 0 has a run (unless ``rank_scope="worker"``). When this rank's body raises, the launcher
+stops rank 0 with SIGTERM, which alone would end the run ``KILLED``; so this rank marks it first.
 """
 
 from __future__ import annotations
@@ -59,8 +56,8 @@ class Peer:
 
     ``run_id`` is set when rank 0 uses a run it did not create (shared, or resumed by id);
     ``action_id`` and ``attempt`` are the tags of the run rank 0 creates otherwise.
-    ``system_metrics`` says that rank 0 monitors its run (see ``_system_metrics``); ``worker`` is the
-    plan of this rank's own run under ``rank_scope="worker"``, less its parent (see ``_worker_runs``).
+    ``system_metrics`` says that rank 0 monitors its run (see :mod:`.system_metrics`); ``worker`` is the
+    plan of this rank's own run under ``rank_scope="worker"``, less its parent (see :mod:`.worker_runs`).
     """
 
     rank: int

@@ -1,27 +1,9 @@
 """A tracked call's inputs as its run's params and datasets (``log_inputs=True``).
 
-:func:`inputs_of` is the pure part: it binds the call's arguments to the function's signature and
-turns each input into params and datasets by these rules.
-
-* ``int``, ``float``, ``bool``, ``str`` and ``None`` become a param named after the input, with
-  ``str(value)`` as its value (what ``mlflow.log_param`` stores). An enum member gives its value, a
-  date, time or datetime its ISO 8601 text, a ``timedelta`` its seconds, a path its text.
-* Dataclasses, pydantic models and mappings are flattened with dots (``optimizer.lr``); a key has at
-  most :data:`MAX_DEPTH` parts, and what lies deeper is skipped.
-* A list or tuple of at most :data:`MAX_ITEMS` scalars becomes one param: its ``str()``, as
-  ``mlflow.log_param`` would store it (``[64, 32]``).
-* ``flyte.io.File``, ``flyte.io.Dir`` and ``flyte.io.DataFrame`` values, anywhere in the walk (also as
-  the items of a list), become datasets named by their key.
-* A value longer than MLflow's limit for a param (:data:`MAX_VALUE`) is cut to fit, ending with a
-  visible marker; the full values go to one JSON artifact, :data:`LONG_VALUES_ARTIFACT`.
-* Secrets are never recorded: a ``flyte.Secret`` value or annotation, pydantic's ``SecretStr`` and
-  ``SecretBytes``, and any key with a part that looks like a credential (``password``, ``token``,
-  ``secret``, ``api_key``, ...). Nor is anything else without a faithful text: bytes, arbitrary
-  objects, longer lists, a key MLflow would refuse. Each skipped input gets one debug log line.
-
-:func:`record` sends them: the params in one ``log-batch`` request per 100 (MLflow's limit per
-request), or, with ``async_logging``, into the plugin's queue, where they ride its first batch; the
-datasets in one ``log-inputs`` request; the long values, if any, in one artifact upload.
+:func:`inputs_of` is the pure part: it turns each input into params and datasets by the rules of
+``docs/inputs.md`` (secrets and anything without a faithful text are skipped). :func:`record` sends
+them: params in one ``log-batch`` per 100 (or into the queue), datasets in one ``log-inputs``, long
+values in one JSON artifact.
 """
 
 from __future__ import annotations

@@ -113,18 +113,18 @@ class Mlflow(flyte.Link):
         """Render the URL; Flyte calls this when the calling task submits the task the link is on.
 
         Args:
-            run_name: The Flyte run (not used).
+            run_name: The Flyte run; ``OWN`` links filter the run list on it.
             project: The Flyte project (not used).
             domain: The Flyte domain (not used).
             context: The calling task's ``custom_context``, where a tracked caller announces its run.
             parent_action_name: The calling action (not used).
-            action_name: The submitted action (not used).
+            action_name: The submitted action; ``OWN`` links filter the run list on it.
             pod_name: The submitted action's pod (not used).
             **kwargs: Anything else Flyte passes (not used).
 
         Returns:
-            The explicit ``link`` when set; else the generated URL of the caller's run; else ``""``
-            (no link shown), also for a malformed context.
+            The explicit ``link`` when set; else the generated URL (the caller's run, or for ``OWN``
+            the task's own); else ``""`` (no link shown), also for a malformed context.
         """
         if self.link:
             return self.link

@@ -1,12 +1,8 @@
 """MLflow's other per-thread and per-process logging state, kept per tracked call.
 
-Besides the run stack, MLflow remembers "what is happening now" in places a whole thread or process
-shares: the last logged model, the active model, the last active run, the autologging session and
-the stack of fits in progress, and sklearn's post-training-metrics flag. Parallel trials in one
-process overwrite each other there; a fit that starts while another trial's runs is taken for a nested
-fit and not autologged. Each piece gets a stand-in that reads the tracked call's cells
-(:mod:`.current`) first, and MLflow's own object everywhere else. ``docs/design.md`` lists where each
-piece lives in MLflow.
+Parallel trials in one process would overwrite each other's last logged model, active model, last
+active run, autologging session, stack of fits and sklearn's post-training-metrics flag. Each gets a
+stand-in that reads the tracked call's cells first; ``docs/design.md`` lists where each lives in MLflow.
 """
 
 from __future__ import annotations

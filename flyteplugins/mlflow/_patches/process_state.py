@@ -268,20 +268,10 @@ def take_unsent(run_id: str) -> list[Values]:
 def _drain_mlflow_queue(store: Any) -> None:
     """Send everything MLflow's own ``AsyncLoggingQueue`` on ``store`` holds, and wait until it is stored.
 
-    MLflow keeps one queue per tracking store and process, with a thread that hands queued calls to a
-    pool of senders. Its own ``flush_async_logging`` is not safe while other tasks keep logging: a
-    call queued just as the thread stops is left behind, and the flush then waits for it forever.
-    So the drain is done here with the queue's own steps:
-
-    1. under the queue's lock (a task that would restart the queue meanwhile waits a moment instead
-       of racing), stop the thread, which first hands every queued call to the current senders, and
-       start the queue again with new ones, which also pick up anything queued during the switch;
-    2. outside the lock, so other tasks keep queueing, wait for the old senders: every call queued
-       before the drain began is then stored. The old status-check threads are let go, and the
-       queue's exit callback stays registered once, not once per drain.
-
-    Returns at once when the queue is not running. Falls back to MLflow's ``flush_async_logging``
-    if the queue no longer has the parts this relies on.
+    MLflow's ``flush_async_logging`` can wait forever while other tasks keep logging. So, under the
+    queue's lock, its thread hands every queued call to the current senders and the queue restarts
+    with new ones; outside the lock (others keep queueing) the old senders are waited for. Returns at
+    once when the queue is not running; falls back to ``flush_async_logging`` if its parts moved.
     """
     queue = getattr(store, "_async_logging_queue", None)
     if queue is None or isinstance(queue, RunQueue) or not queue.is_active():

@@ -100,9 +100,9 @@ class Plan:
     retry: OnRetry | None = None
     sweep_root: str | None = None
     report: ReportSpec | None = None  # the "MLflow" report tab, written when the call ends
-    journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _journal)
-    rank_scope: RankScope = RankScope.GLOBAL  # for the other ranks: a run each (see _worker_runs)
-    log_inputs: bool = False  # record the call's inputs as params and datasets (see _inputs)
+    journal_dir: str | None = None  # the task's raw-data prefix: where a journal goes (see _buffer.journal)
+    rank_scope: RankScope = RankScope.GLOBAL  # for the other ranks: a run each (see _distributed.worker_runs)
+    log_inputs: bool = False  # record the call's inputs as params and datasets (see _inputs.inputs)
 
 
 def _default_experiment() -> tuple[str | None, str | None]:

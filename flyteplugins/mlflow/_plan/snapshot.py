@@ -62,7 +62,7 @@ class Inherited:
 
 @attrs.frozen
 class TaskSnapshot:
-    """The plain values the lifecycle needs from the Flyte task context, read once per task."""
+    """The plain values a tracked call needs from the Flyte task context, read once per task."""
 
     in_task: bool = False
     config: MlflowConfig | None = None

@@ -1,53 +1,8 @@
-"""Marking the plugin's open runs ``KILLED`` when the process is stopped with SIGTERM, promptly.
+"""Marking the process's open runs ``KILLED`` when it is stopped with SIGTERM, promptly.
 
-Kubernetes, and so Flyte, stops a task's container by sending SIGTERM, then SIGKILL after a grace
-period; PyTorch's elastic agent stops its workers the same way. With Python's default disposition
-SIGTERM ends the process at once: no ``finally`` block runs, so every run the process had opened would
-stay ``RUNNING`` in MLflow forever.
-
-How it works
-------------
-:func:`register` records each run that the process *owns* (it created or resumed it, and will set its
-final status) together with the server object that reaches it; :func:`unregister` removes it again
-when the run is finalized normally. Runs that a task only shares with its caller are never
-registered, so they are never ended here.
-
-A Python signal handler runs only when the main thread comes back to the interpreter, which a main
-thread blocked in native code (a gloo barrier, a long C call) may never do. So the handler is backed
-by a watcher thread: the plugin hands Python a *wakeup fd* (``signal.set_wakeup_fd``), a pipe that
-CPython's C-level handler writes the signal number to the moment the signal arrives, whatever the
-main thread is doing. The watcher reads the pipe and, on SIGTERM,
-
-1. takes every registered run out of the registry (each run is claimed exactly once: by the watcher,
-   by the Python handler, or by the normal finalization, never twice);
-2. sends what the plugin's queue still holds for them (``async_logging=True``), for at most
-   :data:`DRAIN_BUDGET` seconds (what is still unsent then, with the ``KILLED`` status, goes to a
-   journal, named in the log: see ``_journal``; so does the status if the server is away), then
-   marks them ``KILLED`` (unless one has ended already: a failed
-   rank of the same job marks rank 0's run ``FAILED`` before the launcher stops rank 0), all at
-   once, in short-lived daemon threads, with a short request timeout, one retry and an overall
-   deadline of :data:`KILL_DEADLINE` seconds, so a dead tracking server cannot hold the process
-   hostage during its grace period;
-3. ends the process the way SIGTERM would have without the plugin: the default disposition is put
-   back and the signal raised again, so the process dies of SIGTERM. If a Python handler was
-   installed before the plugin's, the watcher leaves the process alone and the Python handler chains
-   to it, as soon as the main thread runs Python again (exactly when it would have run anyway).
-
-Bytes meant for a wakeup fd that was set before the plugin's are passed on to it.
-
-When it is installed
---------------------
-Python lets only the main thread install signal handlers. The handler is installed on the main
-thread when a tracker decorates something (usually at import) or when a run is opened there, and
-only in a process that can own runs: a process whose rank (``RANK``, ``SLURM_PROCID``,
-``OMPI_COMM_WORLD_RANK`` or ``PMI_RANK``) is not 0 never installs it. In a process that owns no open
-run, SIGTERM still ends the process at once, by SIGTERM, just as without the plugin. If the process
-ignores SIGTERM, nothing is installed.
-
-The same marking runs at interpreter exit (``atexit``) for runs still open then: for example a sync
-task whose caller was cancelled keeps running in its worker thread (threads cannot be cancelled),
-and the process may exit before that thread finishes its run. A forked child starts with an empty
-registry and with the signal set-up it had before the plugin: it never ends the runs of its parent.
+Kubernetes and PyTorch's elastic agent stop a process with SIGTERM, whose default action runs no
+``finally``: its runs would stay ``RUNNING`` forever. A wakeup fd and a watcher thread act even while
+the main thread is blocked in native code; ``docs/design.md`` says how, and when it is installed.
 """
 
 from __future__ import annotations
@@ -120,8 +75,8 @@ def _hooks() -> None:
 def register(run_id: str, client: Client, journal_dir: str | None = None) -> int:
     """Record a run this process owns, so SIGTERM marks it ``KILLED``; returns the token to unregister it.
 
-    ``journal_dir`` is where a journal goes if the server is away then (see ``_journal``). Also installs
-    the SIGTERM handler if this is the main thread and it is not installed yet.
+    ``journal_dir`` is where a journal goes if the server is away then. Also installs the SIGTERM
+    handler if this is the main thread and it is not installed yet.
     """
     _hooks()
     install(0)  # a process that owns a run is the one that logs, whatever its environment says

@@ -1,18 +1,9 @@
 """One HTTP request from the plugin to a tracking server, without MLflow's per-request set-up.
 
-MLflow's ``http_request`` works the same things out again for every request it sends: the request
-headers (its header providers look for Databricks by attempting imports that fail, about 1 ms each
-time), the proxy and CA bundle settings in the environment, and which cached session to use. For
-the few requests the plugin sends per task that is most of their client-side CPU, and parallel
-trials in one process share that CPU with their own work.
-
-So for a plain server the constant parts are worked out once per server and process and kept in a
-:class:`Transport` with one keep-alive session. What can change while a process runs is still read
-for every request: the credentials (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` /
-``MLFLOW_TRACKING_PASSWORD``, so a rotated token is picked up) and the TLS settings
-(``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
-``MLFLOW_TRACKING_CLIENT_CERT_PATH``). Anything MLflow treats specially (the Databricks SDK or
-OAuth, AWS SigV4, auth plugins, workspaces) goes through MLflow's own ``http_request`` unchanged.
+MLflow's ``http_request`` works out headers (about 1 ms of failing imports), proxies and its session
+again for every request. For a plain server :class:`Transport` does it once per server and process,
+still reading credentials and TLS settings per request; anything special (Databricks, AWS SigV4, auth
+plugins, workspaces) goes through MLflow's own ``http_request`` unchanged.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
 """The plugin's own requests to an HTTP(S) tracking server: bounded in time, retries and concurrency.
 
-``MlflowClient`` retries a failing request for minutes, with limits taken from process-wide
-environment variables, so one call cannot be bounded without changing them for everyone. The plugin
-sends its few calls itself, one attempt at a time (:mod:`.http`), and decides what to repeat:
-
-* a request that never reached the server (refused, connect timeout) is always retried;
-* one that may have been processed (read timeout, HTTP 5xx) only when repeating it is harmless:
-  reading or finalizing a run, or storing values (the server keeps one copy of a repeated point);
-  never creating a run, which could leave a duplicate ``RUNNING`` forever;
-* ``429``, ``502``, ``503`` and ``504`` mean "not processed" and are retried for every call.
-
-At most :data:`MAX_CONCURRENT_REQUESTS` are in flight per process, so parallel trials cannot exhaust
-the server's connection pool; a call waiting for a slot gives up once the server has answered none
-of the process's requests for as long as one call may take.
-
-Why not urllib3's ``Retry`` or tenacity: the loop's limits are time budgets that depend on what the
-whole process has seen (a server reached before is waited for through an outage; one never reached
-fails within ``FIRST_CONTACT_BUDGET``, cutting each attempt's read timeout to fit), and the wait for
-a request slot counts against them. ``Retry`` counts attempts per request and cannot shorten a read
-timeout; tenacity could drive the loop, but each of its stop and wait rules would be one of ours.
+``MlflowClient`` retries for minutes, with limits from process-wide environment variables. The plugin
+sends its few calls one attempt at a time (:mod:`.http`), repeats only what is safe to repeat, and
+keeps at most :data:`MAX_CONCURRENT_REQUESTS` in flight. The rules, and why not urllib3's ``Retry``
+or tenacity, are in ``docs/design.md``.
 """
 
 from __future__ import annotations
