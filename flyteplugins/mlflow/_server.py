@@ -12,6 +12,7 @@ sends them itself, one attempt at a time (see ``_http``), and retries in a loop 
   a metric point sent twice), yes; creating a run, no, since that could leave a duplicate run
   ``RUNNING`` forever;
 * ``429``, ``502``, ``503`` and ``504`` mean "not processed" and are retried for every call.
+* a server certificate that does not verify is never retried, reached before or not (see ``_tls``).
 
 At most :data:`MAX_CONCURRENT_REQUESTS` of these requests are in flight per process, so a burst of
 parallel trials cannot exhaust the server's connection pool. A call waiting for a free slot gives
@@ -46,6 +47,7 @@ from flyteplugins.mlflow._errors import (
     TrackingServerUnreachable,
 )
 from flyteplugins.mlflow._http import send
+from flyteplugins.mlflow._tls import client_certificate_hint, untrusted_certificate, untrusted_message
 from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import (
@@ -295,6 +297,7 @@ class RestServer:
             attempt += 1
             failure: str
             reached_server = True
+            hint = ""
             try:
                 if not _take_slot(self.uri, started, slot_budget):
                     waited = time.monotonic() - started
@@ -330,8 +333,12 @@ class RestServer:
             except MlflowTrackingError:
                 raise
             except Exception as e:
+                if untrusted_certificate(e):  # final: waiting does not change a certificate
+                    seconds = time.monotonic() - started
+                    raise TrackingRequestError(untrusted_message(where, action, e, attempt, seconds)) from e
                 reached_server, failure = _what_failed(e)
                 retry = not reached_server or idempotent
+                hint = client_certificate_hint(self.uri, e) if patient_until is None else ""
             now = time.monotonic()
             pause = min(policy.backoff * 2 ** (attempt - 1), _MAX_BACKOFF)
             waiting = patient_until is not None and now + pause < patient_until
@@ -349,7 +356,7 @@ class RestServer:
                 msg = (
                     f"the MLflow tracking server at {where} {verb} {action}: {failure} "
                     f"after {attempt} attempt{'s' if attempt > 1 else ''} in {now - started:.1f}s "
-                    f"({policy.describe()}{patience})"
+                    f"({policy.describe()}{patience}){hint}"
                 )
                 raise error_type(msg)
             time.sleep(pause)
