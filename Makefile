@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui docs test pytest test-pythons other-pythons mutants typecheck lint bench screenshots clean
+.PHONY: venv browser demo ui docs test pytest test-pythons other-pythons wheel-check mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser docs pytest other-pythons typecheck lint
+test: venv browser docs pytest other-pythons wheel-check typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -45,6 +45,11 @@ test-pythons: venv
 # What `make test` runs of it: every version but .venv's, where the whole suite runs.
 other-pythons: venv
 	$(PY) tools/test_pythons.py --skip-current
+
+# The wheel as a user installs it: built, checked against the source tree, installed into a fresh
+# venv in a temporary directory, and the smoke test run against it there (see tools/wheel_check.py).
+wheel-check: venv
+	$(PY) tools/wheel_check.py
 
 # Named breaking changes, each applied to a temporary copy: fails if the tests meant to catch one pass
 # (see tools/mutants.py). Not part of `make test`.

@@ -1,5 +1,5 @@
-"""Test support: a real ``mlflow server`` subprocess, a loopback relay to put in front of one, and a
-socket that records requests and never answers.
+"""Test support: a real ``mlflow server`` subprocess (also behind TLS), a loopback relay to put in front
+of one, a TCP tunnel that counts connections, and a socket that records requests and never answers.
 
 All are real network peers; nothing here imitates MLflow.
 """
@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import attrs
 import requests
+import trustme
 from playwright.sync_api import Locator, Page
 
 from flyteplugins.mlflow import get_mlflow_run
@@ -80,6 +82,8 @@ class MlflowServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._app = app
         self._env = env or {}
+        self.verify: bool | str = True  # how the start-up check verifies the server's certificate
+        self.cert: str | None = None  # and the client certificate it shows
 
     def start(self) -> None:
         """Start the server and wait until it answers ``/health``."""
@@ -103,14 +107,15 @@ class MlflowServer:
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                 *self._app,
             ],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(self.uri + "/health", timeout=1).status_code == 200:
+                health = requests.get(self.uri + "/health", timeout=1, verify=self.verify, cert=self.cert)
+                if health.status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -118,14 +123,18 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        """Stop the server."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the server and its uvicorn child: the server runs in a process group of its own, and
+        a child still in the group once the server has gone is killed."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait()
 
     def mark(self) -> int:
         """A position in the access log; pass it to :meth:`requests`."""
@@ -160,6 +169,44 @@ class ArtifactServer(MlflowServer):
         self.served = root / "served"
         app = ("--serve-artifacts", "--artifacts-destination", str(self.served))
         super().__init__(root, port, app=(*app, "--default-artifact-root", "mlflow-artifacts:/"))
+
+
+class TlsServer(MlflowServer):
+    """``mlflow server`` behind uvicorn's own TLS, with certificates from a CA that trustme makes.
+
+    ``ca_path`` is the CA bundle that verifies the server's certificate (issued for ``127.0.0.1``
+    and ``localhost``). With ``mutual``, the server also asks every client for a certificate signed
+    by that CA, and refuses the handshake without one; ``client_cert_path`` is such a certificate,
+    its key in the same PEM file, as ``MLFLOW_TRACKING_CLIENT_CERT_PATH`` takes it.
+    """
+
+    def __init__(self, root: Path, port: int, mutual: bool = False) -> None:
+        ca = trustme.CA()
+        self.ca_path = root / "ca.pem"
+        ca.cert_pem.write_to_path(self.ca_path)
+        issued = ca.issue_cert("127.0.0.1", "localhost")
+        key, chain = root / "server-key.pem", root / "server.pem"
+        issued.private_key_pem.write_to_path(key)
+        issued.cert_chain_pems[0].write_to_path(chain)
+        self.client_cert_path = root / "client.pem"
+        ca.issue_cert("trainer@flyte.test").private_key_and_cert_chain_pem.write_to_path(
+            self.client_cert_path
+        )
+        # Behind TLS, uvicorn waits for idle keep-alive connections to close before it stops: 1 s at most.
+        opts = f"--ssl-keyfile {key} --ssl-certfile {chain} --timeout-graceful-shutdown 1"
+        if mutual:
+            opts += f" --ssl-ca-certs {self.ca_path} --ssl-cert-reqs 2"  # 2: ssl.CERT_REQUIRED
+        super().__init__(root, port, app=("--uvicorn-opts", opts))
+        self.uri = f"https://127.0.0.1:{port}"
+        self.verify = str(self.ca_path)
+        self.cert = str(self.client_cert_path) if mutual else None
+
+
+def other_ca(root: Path) -> Path:
+    """The CA bundle of a CA that signed nothing the servers show: it trusts none of them."""
+    path = root / f"other-ca-{uuid.uuid4().hex[:8]}.pem"
+    trustme.CA().cert_pem.write_to_path(path)
+    return path
 
 
 S = TypeVar("S", bound=MlflowServer)
@@ -384,6 +431,37 @@ class Silent:
         for conn in self.connections:
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+class Tunnel(Silent):
+    """A loopback TCP relay to ``port`` that passes the bytes both ways untouched and counts the
+    connections made through it: TLS runs end to end, so every handshake shows as one connection,
+    whether it fails or not (a failed one never reaches the server's access log)."""
+
+    def __init__(self, port: int, scheme: str = "https") -> None:
+        self._upstream = port
+        self.made = 0
+        self._lock = threading.Lock()
+        super().__init__()
+        self.port = int(self.uri.rsplit(":", 1)[1])
+        self.uri = f"{scheme}://127.0.0.1:{self.port}"
+
+    def _take(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.made += 1
+        upstream = socket.create_connection(("127.0.0.1", self._upstream))
+        self.connections += [conn, upstream]
+        for source, sink in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy bytes from ``source`` to ``sink`` until ``source`` ends, then end ``sink``'s side too."""
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 class Recorder(Silent):

@@ -38,6 +38,11 @@ from flyteplugins.mlflow._transport.servers import (
     order,
     reached,
 )
+from flyteplugins.mlflow._transport.tls import (
+    client_certificate_hint,
+    untrusted_certificate,
+    untrusted_message,
+)
 from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
 from mlflow.protos.service_pb2 import (
     CreateExperiment,
@@ -121,6 +126,7 @@ class RestClient:
             attempt += 1
             failure: str
             reached_server = True
+            hint = ""
             try:
                 if not _take_slot(self.uri, started, slot_budget):
                     waited = time.monotonic() - started
@@ -156,8 +162,12 @@ class RestClient:
             except MlflowTrackingError:
                 raise
             except Exception as e:
+                if untrusted_certificate(e):  # final: waiting does not change a certificate
+                    seconds = time.monotonic() - started
+                    raise TrackingRequestError(untrusted_message(where, action, e, attempt, seconds)) from e
                 reached_server, failure = _what_failed(e)
                 retry = not reached_server or idempotent
+                hint = client_certificate_hint(self.uri, e) if patient_until is None else ""
             now = time.monotonic()
             pause = policy.pause(attempt)
             waiting = patient_until is not None and now + pause < patient_until
@@ -175,7 +185,7 @@ class RestClient:
                 msg = (
                     f"the MLflow tracking server at {where} {verb} {action}: {failure} "
                     f"after {attempt} attempt{'s' if attempt > 1 else ''} in {now - started:.1f}s "
-                    f"({policy.describe()}{patience})"
+                    f"({policy.describe()}{patience}){hint}"
                 )
                 raise error_type(msg)
             time.sleep(pause)
