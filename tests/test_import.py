@@ -55,7 +55,8 @@ def test_a_module_with_an_untracked_task_runs_it_without_mlflow() -> None:
         "    assert get_mlflow_run() is None\n"
         "    return x * 2\n"
         "flyte.init()\n"
-        "out = flyte.with_runcontext(mode='local', custom_context=mlflow_config(run_mode='new')).run(plain, x=3)\n"
+        "config = mlflow_config(run_mode='new')\n"
+        "out = flyte.with_runcontext(mode='local', custom_context=config).run(plain, x=3)\n"
         "print(json.dumps({'out': out.outputs()[0], 'mlflow': 'mlflow' in sys.modules,"
         " 'engine': 'flyteplugins.mlflow._engine' in sys.modules}))"
     )
