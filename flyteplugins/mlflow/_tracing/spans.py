@@ -46,6 +46,8 @@ from mlflow.tracing.distributed import (
     set_tracing_context_from_http_request_headers,
 )
 from mlflow.tracing.provider import detach_span_from_context, set_span_in_context
+from mlflow.tracing.trace_manager import InMemoryTraceManager
+from mlflow.tracking.fluent import flush_trace_async_logging
 
 __all__ = ["link_run", "step_span", "task_span"]
 
@@ -102,6 +104,18 @@ def _end(span: Any, recorder: Recorder, outputs: dict[str, str] | None) -> None:
     span.end()
 
 
+def _known_here(traceparent: str) -> bool:
+    """Whether the trace of a ``traceparent`` was started in this process (local mode)."""
+    parts = traceparent.split("-")
+    if len(parts) != 4:
+        return False
+    try:
+        otel_id = int(parts[1], 16)
+    except ValueError:
+        return False
+    return InMemoryTraceManager.get_instance().get_mlflow_trace_id_from_otel_id(otel_id) is not None
+
+
 @contextlib.contextmanager
 def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[None]:
     """The span of one traced task, open around its whole body and current in its context."""
@@ -117,8 +131,13 @@ def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[Non
     with contextlib.ExitStack() as stack:
         stack.enter_context(process_state.applied(uri, None))  # MLflow's exporter sends there
         process_state.use_experiment(experiment)  # where MLflow sends spans of a trace from another pod
+        remote = parent is not None and not _known_here(parent)
         if parent is not None:
             stack.enter_context(set_tracing_context_from_http_request_headers({"traceparent": parent}))
+        if remote:
+            # MLflow's batch exporter looks a span's trace up when it sends it, and a trace from
+            # another pod is known here only inside the block above: send this task's spans first.
+            stack.callback(flush_trace_async_logging)
         span = mlflow.start_span_no_context(
             info.name,
             span_type=TASK_SPAN_TYPE,
