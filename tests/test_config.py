@@ -230,6 +230,7 @@ ROUND_TRIPS: list[dict[str, Any]] = [
     {"report_metric": "2024"},
     {"report_goal": "minimize"},
     {"log_inputs": True},
+    {"tracing": True},
 ]
 
 
@@ -389,6 +390,7 @@ def test_run_name_and_id_conflict(build: Any) -> None:
         ("outage_timeout", "300"),
         ("outage_timeout", True),
         ("log_inputs", "true"),
+        ("tracing", "yes"),
     ],
 )
 def test_wrong_type_names_the_field(build: Any, field: str, value: object) -> None:

@@ -126,6 +126,7 @@ def valid_settings(draw: st.DrawFn) -> dict[str, Any]:
     maybe("report_goal", st.sampled_from([None, *ReportGoal, "minimize", "maximize"]))
     maybe("rank_scope", st.sampled_from([*RankScope, "global", "worker"]))
     maybe("log_inputs", st.booleans())
+    maybe("tracing", st.booleans())
     return out
 
 

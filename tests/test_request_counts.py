@@ -13,6 +13,7 @@ import gc
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -798,3 +799,38 @@ def test_more_params_than_a_request_takes_go_in_one_log_batch_per_hundred(
     seen = mlflow_server.requests(mark)
     assert seen == [CREATE, LOG_BATCH, LOG_BATCH, UPDATE]
     assert len(client.get_run(run_id).data.params) == 150
+
+
+_ANY_REQUEST: Final = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/[23]\.0/mlflow/[^ ?"]*|/v1/traces)')
+
+
+def every_request(server: MlflowServer, since: int) -> list[tuple[str, str]]:
+    """Every tracking and tracing request the server answered since ``since`` (traces included)."""
+    time.sleep(0.3)
+    with server.log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    return [(m.group(1), m.group(2)) for m in _ANY_REQUEST.finditer(text)]
+
+
+def test_tracing_off_sends_no_trace_requests(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """Without ``tracing``, a task makes its three run requests and not one trace request."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1])
+    mark = mlflow_server.mark()
+    run_local(config, top)
+    assert every_request(mlflow_server, mark) == [CREATE, UPDATE, SEARCH]
+
+
+def test_tracing_on_sends_the_trace_and_its_spans_once(
+    mlflow_server: MlflowServer, experiment: tuple[str, str]
+) -> None:
+    """With ``tracing``, the same task adds MLflow's two trace requests: its spans, then the trace."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], tracing=True)
+    mark = mlflow_server.mark()
+    run_local(config, top)
+    seen = every_request(mlflow_server, mark)
+    assert [r for r in seen if r in (CREATE, UPDATE, SEARCH)] == [CREATE, UPDATE, SEARCH]
+    traced = Counter(r for r in seen if r not in (CREATE, UPDATE, SEARCH))
+    assert traced == {("POST", "/v1/traces"): 1, ("POST", "/api/3.0/mlflow/traces"): 1}

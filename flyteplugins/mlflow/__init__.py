@@ -16,7 +16,10 @@ from flyteplugins.mlflow._links.link import Mlflow
 from flyteplugins.mlflow._links.own_link import LinkTarget
 from flyteplugins.mlflow._settings.config import MlflowConfig
 from flyteplugins.mlflow._settings.enums import OnRetry, OnTrackingError, RankScope, ReportGoal, RunMode
+from flyteplugins.mlflow._tracing import observer as _observer
 from flyteplugins.mlflow._tracker import MlflowRun
+
+_observer.register()  # the one thing done at import: a task's span opens before its body (tracing)
 
 __all__ = [
     "LinkTarget",

@@ -67,6 +67,7 @@ class ConfigOptions(TypedDict, total=False):
     report_goal: ReportGoal | Literal["minimize", "maximize"] | None
     rank_scope: RankScope | Literal["global", "worker"]
     log_inputs: bool
+    tracing: bool
     description: str
     log_system_metrics: bool
 

@@ -33,6 +33,13 @@ __all__ = [
     "ROOT_ACTION_KEY",
     "ROOT_TAG",
     "RUN_NAME_TAG",
+    "SPAN_REPLAYED",
+    "SPAN_RUN_ID",
+    "TRACEPARENT_KEY",
+    "TRACE_EXPERIMENT_KEY",
+    "TRACE_TAGS",
+    "TRACE_URI_KEY",
+    "TRACING_KEY",
     "WORLD_SIZE_TAG",
     "tag_equals",
 ]
@@ -82,6 +89,22 @@ PARENT_RUN_KEY: Final = CONTEXT_PREFIX + "parent_run_id"
 PARENT_EXPERIMENT_KEY: Final = CONTEXT_PREFIX + "parent_experiment_id"
 RESOLVED_EXPERIMENTS_KEY: Final = CONTEXT_PREFIX + "experiment_ids"
 ROOT_ACTION_KEY: Final = CONTEXT_PREFIX + "root_action"
+TRACING_KEY: Final = CONTEXT_PREFIX + "tracing"
+"""The ``tracing`` setting's own key: ``"true"`` traces the task and every task below it."""
+TRACEPARENT_KEY: Final = CONTEXT_PREFIX + "traceparent"
+"""The W3C ``traceparent`` of the calling task's span, so a task in another pod joins its trace."""
+TRACE_EXPERIMENT_KEY: Final = CONTEXT_PREFIX + "trace_experiment_id"
+"""The experiment of the run's trace, where the spans of tasks in other pods go."""
+TRACE_URI_KEY: Final = CONTEXT_PREFIX + "trace_tracking_uri"
+"""The tracking server of the run's trace."""
+
+# --- traces and spans (tracing=True)
+TRACE_TAGS: Final = (RUN_NAME_TAG, PROJECT_TAG, DOMAIN_TAG, FLYTE_URL_TAG)
+"""The Flyte run's identity on its trace."""
+SPAN_RUN_ID: Final = "flyte.mlflow_run_id"
+"""A tracked task's span: the id of the task's own MLflow run."""
+SPAN_REPLAYED: Final = "flyte.replayed"
+"""A ``flyte.trace`` step's span: ``true`` when a resumed run served the step from its durable log."""
 
 
 def tag_equals(tag: str, value: str) -> str:

@@ -17,6 +17,7 @@ from flyteplugins.mlflow._links.own_link import LinkTarget
 from flyteplugins.mlflow._runs import sigterm
 from flyteplugins.mlflow._settings.config import MlflowConfig
 from flyteplugins.mlflow._settings.settings import FIELDS, MlflowTrackingSettings
+from flyteplugins.mlflow._tracing import observer
 
 if TYPE_CHECKING:
     from flyte.extend import TaskTemplate
@@ -106,6 +107,8 @@ class MlflowRun(MlflowTrackingSettings):
                 f"{type(task).__name__} {task.name!r}; put the tracker above @env.task"
             )
             raise TypeError(msg)
+        if self.tracing:  # the observer opens the task's span before this tracker's call runs
+            observer.trace_task(task.name, self)
         links = tuple(self._bind(link) if isinstance(link, Mlflow) else link for link in task.links)
         changes: dict[str, Any] = {"func": self._wrap(func, task_body=True), "links": links}
         return dataclasses.replace(task, **changes)

@@ -198,6 +198,9 @@ assert_type(ReportGoal("maximize"), ReportGoal)
 assert_type(MlflowConfig(report_goal="minimize").report_goal, ReportGoal | None)
 assert_type(mlflow_config(report=True).report, bool)
 assert_type(mlflow_config(log_inputs=True).log_inputs, bool)
+assert_type(mlflow_config(tracing=True).tracing, bool)
+traced: MlflowRun = mlflow_run(tracing=True)
+mlflow_run(tracing="yes")  # type: ignore[call-overload]
 
 
 # --- links to a task's own run -----------------------------------------------------------------

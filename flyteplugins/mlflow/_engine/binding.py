@@ -10,6 +10,7 @@ from flyteplugins.mlflow._distributed import ranks
 from flyteplugins.mlflow._patches import per_call_state, provenance, runstack
 from flyteplugins.mlflow._patches.current import TrackedCall, current, entered, innermost
 from flyteplugins.mlflow._runs.open import Opened
+from flyteplugins.mlflow._tracing import observer, spans
 from mlflow.tracking.fluent import ActiveRun
 
 __all__ = ["bound", "current_run", "local_run", "rank0_run_id"]
@@ -67,5 +68,7 @@ def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
             stack.enter_context(provenance.PATCH.held(None))
         stack.enter_context(entered(call))
         stack.enter_context(_flyte.children_scope(opened.children))
+        if observer.open_span() is not None:
+            spans.link_run(opened.run.info.run_id)
         assert call.runs is not None
         yield call.runs

@@ -57,6 +57,7 @@ __all__ = [
     "Inputs",
     "inputs_of",
     "record",
+    "values_of",
 ]
 
 logger = logging.getLogger("flyteplugins.mlflow")
@@ -273,6 +274,18 @@ def inputs_of(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[s
             continue
         walk.visit(name, value, hints.get(name))
     return walk.out
+
+
+def values_of(named: Mapping[str, object]) -> dict[str, str]:
+    """Named values (a task's inputs or outputs) as texts, by the module's rules: flattened, cut to
+    MLflow's limit, secrets left out; a file, directory or data frame gives its URI."""
+    walk = _Walk()
+    for name, value in named.items():
+        walk.visit(name, value)
+    texts = dict(walk.out.params)
+    for dataset in walk.out.datasets:
+        texts[dataset.dataset.name] = json.loads(dataset.dataset.source)["uri"]
+    return texts
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -8,6 +8,7 @@ stand-in that reads the tracked call's cells first; ``docs/design.md`` lists whe
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Final
 
 from flyteplugins.mlflow._patches.current import TrackedCall, current, entered
@@ -67,7 +68,10 @@ class ContextLocalVariable:
             values.pop(self, None)
 
     def get_all_thread_values(self) -> dict[int, Any]:
-        """MLflow's per-thread values, for the MLflow internals that scan every thread."""
+        """For the MLflow internals that scan every thread (a trace's active model): inside a tracked
+        call its own value only, elsewhere MLflow's per-thread values."""
+        if _cells() is not None:
+            return {threading.get_ident(): self.get()}
         found: dict[int, Any] = self._fallback.get_all_thread_values()
         return found
 

@@ -3,11 +3,13 @@
 MLflow keeps "the current run" on a thread-local stack. Sibling trials gathered on one event-loop
 thread would share it, and a sync task's worker thread would not see its caller's. While tracked
 calls run, :class:`ContextLocalRunStack` stands in for it: it reads the tracked call's own list
-(:mod:`.current`), and MLflow's thread-local list everywhere else.
+(:mod:`.current`), and MLflow's thread-local list everywhere else; MLflow's scan across threads
+(which links a trace to a run) sees only the tracked call's list inside one.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import mlflow
@@ -49,7 +51,12 @@ class ContextLocalRunStack:
             self._fallback.set(value)
 
     def get_all_thread_values(self) -> dict[int, Any]:
-        """MLflow's per-thread lists, for the few MLflow internals that scan every thread."""
+        """For the MLflow internals that scan every thread ("the latest active run", which a trace
+        records as its ``mlflow.sourceRun``): inside a tracked call its own list only, so a span
+        links to its own task's run and never to a sibling's; elsewhere MLflow's per-thread lists."""
+        runs = bound()
+        if runs is not None:
+            return {threading.get_ident(): runs}
         values: dict[int, Any] = self._fallback.get_all_thread_values()
         return values
 

@@ -64,6 +64,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "report_goal": _Kind.GOAL,
     "rank_scope": _Kind.SCOPE,
     "log_inputs": _Kind.FLAG,
+    "tracing": _Kind.FLAG,
 }
 _DEFAULTS: Final = {f.name: f.default for f in FIELDS}
 

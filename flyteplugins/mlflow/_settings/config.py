@@ -103,6 +103,8 @@ class MlflowConfig(MlflowTrackingSettings, dict[str, str]):
             named ``<task>-rank-<rank>`` (a ``RankScope`` or its string).
         log_inputs: Record the inputs a task is called with as its run's params and datasets, when
             the task owns its run (see "Inputs as params and datasets" in the user guide).
+        tracing: Make the task, and every task and ``flyte.trace`` step below it in the same Flyte
+            run, spans of one MLflow trace (see the Tracing page). Off by default.
 
     Raises:
         ValueError: conflicting or invalid settings (the message names the field and the value).

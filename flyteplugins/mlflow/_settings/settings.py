@@ -62,6 +62,7 @@ class MlflowTrackingSettings:
     report_goal: ReportGoal | None = attrs.field(default=None, converter=to_report_goal)
     rank_scope: RankScope = attrs.field(default=RankScope.GLOBAL, converter=to_rank_scope)
     log_inputs: bool = attrs.field(default=False, validator=checks.valid_bool)
+    tracing: bool = attrs.field(default=False, validator=checks.valid_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.experiment_name is not None and self.experiment_id is not None:

@@ -1,0 +1,192 @@
+"""The spans of a traced Flyte run: one per task, one per ``flyte.trace`` step, in one MLflow trace.
+
+The outermost traced task opens the trace in its own experiment, on its own tracking server, and
+writes its span's ``traceparent`` into the context Flyte copies to every task it calls, so a task in
+this process or in another pod nests its span under its caller's. A task's inputs and outputs are
+read from Flyte's task runner (the observer is not handed them) and recorded under the rules of
+:mod:`.._inputs`. ``docs/tracing.md`` says what is recorded where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from types import FrameType
+from typing import Any, Final
+
+from flyte._internal.runtime import taskrunner
+from flyte._observe import Recorder, StepInfo, TaskInfo
+
+import mlflow
+from flyteplugins.mlflow import _flyte
+from flyteplugins.mlflow._inputs.inputs import values_of
+from flyteplugins.mlflow._patches import process_state
+from flyteplugins.mlflow._plan.plan import plan
+from flyteplugins.mlflow._plan.snapshot import snapshot
+from flyteplugins.mlflow._settings.settings import MlflowTrackingSettings
+from flyteplugins.mlflow._tags import (
+    ACTION_NAME_TAG,
+    SPAN_REPLAYED,
+    SPAN_RUN_ID,
+    TRACE_EXPERIMENT_KEY,
+    TRACE_TAGS,
+    TRACE_URI_KEY,
+    TRACEPARENT_KEY,
+    TRACING_KEY,
+)
+from flyteplugins.mlflow._tracing.observer import OPEN, OpenSpan
+from flyteplugins.mlflow._transport.client import client_for, experiment_id
+from mlflow.entities import SpanType
+from mlflow.tracing.constant import TraceMetadataKey
+from mlflow.tracing.distributed import (
+    _get_tracing_headers_from_span,
+    set_tracing_context_from_http_request_headers,
+)
+from mlflow.tracing.provider import detach_span_from_context, set_span_in_context
+from mlflow.tracing.trace_manager import InMemoryTraceManager
+from mlflow.tracking.fluent import flush_trace_async_logging
+
+__all__ = ["link_run", "step_span", "task_span"]
+
+logger = logging.getLogger("flyteplugins.mlflow")
+
+_RUN_TASK: Final = inspect.unwrap(taskrunner.run_task).__code__
+TASK_SPAN_TYPE: Final = SpanType.CHAIN
+STEP_SPAN_TYPE: Final = SpanType.UNKNOWN
+
+
+def _runner_local(name: str) -> Any:
+    """A local variable of Flyte's ``run_task`` around this observer call (its ``inputs`` or
+    ``outputs``), or ``None`` when Flyte no longer calls the observer from there."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _RUN_TASK:
+            return frame.f_locals.get(name)
+        frame = frame.f_back
+    return None
+
+
+def _outputs(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) != 1:
+        return values_of({f"o{i}": v for i, v in enumerate(value)})
+    return values_of({"o0": value[0] if isinstance(value, tuple) else value})
+
+
+def _root(settings: Any) -> tuple[str, str, dict[str, str]]:
+    """Where the run's trace goes (tracking URI, experiment id) and its tags, as the task's tracked
+    call would choose them; one request at most, to resolve an experiment name (cached per process)."""
+    own = settings if isinstance(settings, MlflowTrackingSettings) else MlflowTrackingSettings()
+    p = plan(own, 0, snapshot(), mlflow.get_tracking_uri(), task_run=True)
+    assert p is not None  # rank 0 always plans
+    experiment = p.experiment_id
+    if experiment is None:
+        if p.experiment_name:
+            client = client_for(p.tracking_uri, p.policy)
+            experiment = experiment_id(client, p.experiment_name, p.resolved_experiments)
+        else:
+            experiment = "0"
+    tags = {k: p.tags[k] for k in TRACE_TAGS if p.tags.get(k)}
+    return p.tracking_uri, experiment, tags
+
+
+def _end(span: Any, recorder: Recorder, outputs: dict[str, str] | None) -> None:
+    """End ``span``: ``ERROR`` with the exception that Flyte recorded, else ``OK`` with ``outputs``."""
+    error = recorder.error
+    if error is None:
+        span.end(outputs=outputs, status="OK")
+        return
+    span.record_exception(error if isinstance(error, Exception) else repr(error))
+    span.end()
+
+
+def _known_here(traceparent: str) -> bool:
+    """Whether the trace of a ``traceparent`` was started in this process (local mode)."""
+    parts = traceparent.split("-")
+    if len(parts) != 4:
+        return False
+    try:
+        otel_id = int(parts[1], 16)
+    except ValueError:
+        return False
+    return InMemoryTraceManager.get_instance().get_mlflow_trace_id_from_otel_id(otel_id) is not None
+
+
+@contextlib.contextmanager
+def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[None]:
+    """The span of one traced task, open around its whole body and current in its context."""
+    context: Mapping[str, str] = info.custom_context
+    parent = context.get(TRACEPARENT_KEY)
+    tags: dict[str, str] = {}
+    if parent is None:
+        uri, experiment, tags = _root(settings)
+    else:
+        uri = context.get(TRACE_URI_KEY) or mlflow.get_tracking_uri()
+        experiment = context.get(TRACE_EXPERIMENT_KEY) or "0"
+    inputs = _runner_local("inputs")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(process_state.applied(uri, None))  # MLflow's exporter sends there
+        process_state.use_experiment(experiment)  # where MLflow sends spans of a trace from another pod
+        remote = parent is not None and not _known_here(parent)
+        if parent is not None:
+            stack.enter_context(set_tracing_context_from_http_request_headers({"traceparent": parent}))
+        if remote:
+            # MLflow's batch exporter looks a span's trace up when it sends it, and a trace from
+            # another pod is known here only inside the block above: send this task's spans first.
+            stack.callback(flush_trace_async_logging)
+        span = mlflow.start_span_no_context(
+            info.name,
+            span_type=TASK_SPAN_TYPE,
+            inputs=values_of(inputs) if isinstance(inputs, Mapping) else None,
+            attributes={ACTION_NAME_TAG: info.action.name},
+            tags=tags or None,
+            experiment_id=experiment if parent is None else None,  # MLflow takes it for roots only
+        )
+        token = set_span_in_context(span)
+        open_token = OPEN.set(OpenSpan(action=info.action.name, span=span, root=parent is None))
+        carrier = {
+            TRACING_KEY: "true",
+            TRACEPARENT_KEY: _get_tracing_headers_from_span(span).get("traceparent", ""),
+            TRACE_EXPERIMENT_KEY: experiment,
+            TRACE_URI_KEY: uri,
+        }
+        try:
+            with _flyte.children_scope({k: v for k, v in carrier.items() if v}):
+                yield
+        finally:
+            OPEN.reset(open_token)
+            detach_span_from_context(token)
+            _end(span, recorder, _outputs(_runner_local("outputs")))
+
+
+@contextlib.contextmanager
+def step_span(info: StepInfo, recorder: Recorder) -> Iterator[None]:
+    """The span of one ``flyte.trace`` step, under the span current where the step is called."""
+    attributes: dict[str, Any] = {ACTION_NAME_TAG: info.action.name}
+    if info.replayed:
+        attributes[SPAN_REPLAYED] = True
+    span = mlflow.start_span_no_context(info.name, span_type=STEP_SPAN_TYPE, attributes=attributes)
+    token = set_span_in_context(span)
+    try:
+        yield
+    finally:
+        detach_span_from_context(token)
+        _end(span, recorder, None)
+
+
+def link_run(run_id: str) -> None:
+    """Record a tracked task's run on its task span; the root's also becomes its trace's source run.
+
+    The span opens before the tracked call creates the run, so MLflow found no run to link it to.
+    """
+    opened = OPEN.get()
+    if opened is None or opened.action != _flyte.current_task():
+        return
+    opened.span.set_attribute(SPAN_RUN_ID, run_id)
+    current = mlflow.get_current_active_span()
+    if opened.root and current is not None and current.span_id == opened.span.span_id:
+        mlflow.update_current_trace(metadata={TraceMetadataKey.SOURCE_RUN: run_id})
