@@ -33,6 +33,7 @@ NAV = [
     "API reference",
     "Coming from the published plugin",
     "Changelog",
+    "Design (contributors)",
 ]
 
 
