@@ -88,6 +88,18 @@ def experiment(client: MlflowClient) -> tuple[str, str]:
     return name, client.create_experiment(name)
 
 
+FLYTE_METADATA = Path("/tmp/flyte/metadata")  # where Flyte's local runs keep each action's metadata
+
+
+@pytest.fixture
+def where() -> Iterator[Path]:
+    """A unique Flyte run name (a path under Flyte's local metadata root, where its reports are
+    saved), removed afterwards."""
+    where = FLYTE_METADATA / f"run-{uuid.uuid4().hex[:16]}"
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _flyte_local(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Initialise Flyte once for local runs."""

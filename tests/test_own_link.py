@@ -302,7 +302,7 @@ def test_own_link_template_is_checked_at_construction(template: str) -> None:
 
 def test_target_is_validated_at_construction() -> None:
     """A misspelt target is a ValueError naming the parameter, the value and the choices."""
-    with pytest.raises(ValueError, match=r"target must be one of 'caller', 'own', got 'mine'"):
+    with pytest.raises(ValueError, match=r"target must be one of 'caller', 'own', 'trace', got 'mine'"):
         Mlflow(target="mine")
     with pytest.raises(ValueError, match="target"):
         MlflowRun().link(target="self")

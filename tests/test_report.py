@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,17 +164,6 @@ async def plain() -> str:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-METADATA = Path("/tmp/flyte/metadata")  # where Flyte's local runs keep each action's metadata
-
-
-@pytest.fixture
-def where() -> Iterator[Path]:
-    """A unique Flyte run name (a path under Flyte's local metadata root), removed afterwards."""
-    where = METADATA / f"report-{uuid.uuid4().hex[:16]}"
-    yield where
-    shutil.rmtree(where, ignore_errors=True)
 
 
 def run_local(where: Path, config: MlflowConfig, task: Any, **inputs: object) -> Any:

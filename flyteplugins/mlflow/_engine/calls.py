@@ -30,6 +30,7 @@ from flyteplugins.mlflow._runs.open import Opened, begin
 from flyteplugins.mlflow._settings.enums import OnTrackingError
 from flyteplugins.mlflow._settings.settings import MlflowTrackingSettings
 from flyteplugins.mlflow._tags import ACTION_ID_TAG, ATTEMPT_LIST_TAG
+from flyteplugins.mlflow._tracing.spans import task_trace
 from flyteplugins.mlflow._transport.client import client_for
 from flyteplugins.mlflow._transport.servers import describe, vouch
 from mlflow.tracking.fluent import ActiveRun
@@ -90,6 +91,11 @@ def _peer(rank0: Plan, rank: int) -> ranks.Peer:
         resolved_experiments=rank0.resolved_experiments,
         system_metrics=rank0.log_system_metrics,
     )
+
+
+def _trace() -> tuple[str, str] | None:
+    """The trace of the task running here (id, experiment), for its report tab; ``None`` untraced."""
+    return task_trace()
 
 
 def _begin_or_warn(p: Plan, outer: ActiveRun | None) -> Opened | None:
@@ -170,10 +176,10 @@ def _tracked_sync(p: Plan | None, func: Callable[P, R], /, *args: P.args, **kwar
             result = func(*args, **kwargs)
     except BaseException as error:
         _end_or_warn(opened, error, runs)
-        report.write(opened, error)
+        report.write(opened, error, _trace())
         raise
     _end_or_warn(opened, None, runs)
-    report.write(opened, None)
+    report.write(opened, None, _trace())
     return result
 
 
@@ -243,10 +249,10 @@ async def _tracked_async(
             result = await func(*args, **kwargs)
     except BaseException as error:
         await _complete(_end_or_warn, opened, error, runs)
-        await report.write_async(opened, error)
+        await report.write_async(opened, error, _trace())
         raise
     _, cancelled = await _complete(_end_or_warn, opened, None, runs)
     if cancelled:
         raise asyncio.CancelledError
-    await report.write_async(opened, None)
+    await report.write_async(opened, None, _trace())
     return result

@@ -12,10 +12,17 @@ from typing import Any, Final
 import attrs
 import flyte
 
-from flyteplugins.mlflow._links.own_link import LinkTarget, own_run_url, run_page_url, to_link_target
+from flyteplugins.mlflow._links.own_link import (
+    LinkTarget,
+    own_run_url,
+    run_page_url,
+    to_link_target,
+    trace_url,
+)
 from flyteplugins.mlflow._plan.snapshot import Inherited
 from flyteplugins.mlflow._settings.config import decode
 from flyteplugins.mlflow._settings.enums import RunMode, to_run_mode
+from flyteplugins.mlflow._tags import TRACE_EXPERIMENT_KEY, TRACEPARENT_KEY
 
 __all__ = ["DEFAULT_NAME", "PARENT_NAME", "LinkTarget", "Mlflow"]
 
@@ -47,7 +54,9 @@ class Mlflow(flyte.Link):
         link: an explicit URL; when given, it is shown as it is and nothing is generated.
         target: which run the link shows: :attr:`LinkTarget.CALLER` (the default) the caller's run,
             as in the table of the user guide; :attr:`LinkTarget.OWN` the task's own run in every
-            run mode. Also given as ``"caller"`` or ``"own"``.
+            run mode; :attr:`LinkTarget.TRACE` the Flyte run's trace in MLflow's Traces view, when
+            the caller is traced (``tracing=True``). Also given as ``"caller"``, ``"own"`` or
+            ``"trace"``.
         run_mode: the run mode of the task the link is on. Leave it unset: ``MlflowRun.link()`` and
             decorating a task set it on the decorated copy. When it is ``nested``, ``name`` is the
             default and the target is the caller, the link is named "MLflow (parent)". Unset, the
@@ -59,8 +68,9 @@ class Mlflow(flyte.Link):
 
     A ``CALLER`` link (the default) points at the calling task's run: for ``auto`` the run the task
     shares, for ``nested`` the parent's, for ``new`` nothing. An ``OWN`` link points at the task's own
-    run in every mode. Either needs a ``link_host`` in the caller's context. Links are never changed,
-    so one instance can be shared by tasks of any mode.
+    run in every mode. A ``TRACE`` link points at the trace the caller's span belongs to, so the
+    outermost traced task (whose caller is not traced) gets none. Each needs a ``link_host`` in the
+    caller's context. Links are never changed, so one instance can be shared by tasks of any mode.
 
     Raises:
         ValueError: ``target`` or ``run_mode`` is not one of the valid values (the message lists them).
@@ -123,8 +133,9 @@ class Mlflow(flyte.Link):
             **kwargs: Anything else Flyte passes (not used).
 
         Returns:
-            The explicit ``link`` when set; else the generated URL (the caller's run, or for ``OWN``
-            the task's own); else ``""`` (no link shown), also for a malformed context.
+            The explicit ``link`` when set; else the generated URL (the caller's run, for ``OWN``
+            the task's own, for ``TRACE`` the run's trace); else ``""`` (no link shown), also for
+            a malformed context.
         """
         if self.link:
             return self.link
@@ -137,6 +148,8 @@ class Mlflow(flyte.Link):
             return ""
         mode = self.run_mode or config.run_mode
         host = config.link_host.rstrip("/")
+        if self.target is LinkTarget.TRACE:
+            return trace_url(host, context.get(TRACE_EXPERIMENT_KEY, ""), context.get(TRACEPARENT_KEY, ""))
         if self.target is LinkTarget.OWN:
             experiment = (self.experiment_id, self.experiment_name)
             return own_run_url(config, caller, mode, host, run_name, action_name, experiment)

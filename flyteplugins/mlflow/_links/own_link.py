@@ -19,15 +19,17 @@ from flyteplugins.mlflow._settings.checks import (
     DEFAULT_LINK_TEMPLATE,
     DEFAULT_OWN_LINK_TEMPLATE,
     OWN_LINK_FIELDS,
+    TRACE_PAGE_TEMPLATE,
     check_link_template,
 )
 from flyteplugins.mlflow._settings.config import MlflowConfig
 from flyteplugins.mlflow._settings.enums import RunMode, to_enum
 from flyteplugins.mlflow._tags import ACTION_NAME_TAG, RUN_NAME_TAG, tag_equals
 
-__all__ = ["LinkTarget", "own_run_url", "run_page_url", "run_filter", "to_link_target"]
+__all__ = ["LinkTarget", "own_run_url", "run_filter", "run_page_url", "to_link_target", "trace_url"]
 
 _PLACEHOLDER: Final = re.compile(r"(\{\{[^{}]*\}\})")
+_TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class LinkTarget(str, enum.Enum):
@@ -36,12 +38,16 @@ class LinkTarget(str, enum.Enum):
     ``CALLER`` (the default) is the documented behaviour: the run the caller announces, which is the
     run an ``auto`` task shares and a ``nested`` task's parent; a ``new`` task gets no link. ``OWN``
     is the task's own run in every mode: the shared run for ``auto``, the task's new run otherwise.
+    ``TRACE`` is the trace of the Flyte run (``tracing=True``) in MLflow's Traces view, known when the
+    caller is traced; no link otherwise.
     """
 
     CALLER = "caller"
     """The default: the run the caller announces, as the documented table of links says."""
     OWN = "own"
     """The task's own run: its run page when it shares one, else the run list filtered to its action."""
+    TRACE = "trace"
+    """The Flyte run's trace in MLflow's Traces view, when the caller is traced (its span carries it)."""
 
     def __str__(self) -> str:
         return self.value
@@ -113,4 +119,17 @@ def own_run_url(
     check_link_template(template, "own_link_template", OWN_LINK_FIELDS)
     return template.format(
         host=host, experiment_id=experiment_id, filter=_encoded(run_filter(run_name, action_name))
+    )
+
+
+def trace_url(host: str, experiment_id: str, traceparent: str) -> str:
+    """The Traces view of the trace that a W3C ``traceparent`` belongs to, or ``""`` when malformed.
+
+    MLflow names a trace ``tr-`` and the 32 hex digits of its OpenTelemetry trace id.
+    """
+    found = _TRACEPARENT.fullmatch(traceparent)
+    if found is None or not experiment_id or set(found[1]) == {"0"}:
+        return ""
+    return TRACE_PAGE_TEMPLATE.format(
+        host=host, experiment_id=quote(experiment_id, safe=""), trace_id=f"tr-{found[1]}"
     )

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from flyteplugins.mlflow._plan.plan import ReportSpec
-from flyteplugins.mlflow._settings.checks import DEFAULT_LINK_TEMPLATE
+from flyteplugins.mlflow._settings.checks import DEFAULT_LINK_TEMPLATE, TRACE_PAGE_TEMPLATE
 from flyteplugins.mlflow._settings.enums import ReportGoal
 from flyteplugins.mlflow._transport.client import Client
 from mlflow.entities import Metric, Run
@@ -30,6 +30,7 @@ __all__ = [
     "RunView",
     "downsample",
     "read_back",
+    "with_trace",
 ]
 
 MAX_CHARTS: Final = 12
@@ -86,19 +87,40 @@ class RunView:
     children: tuple[Child, ...] = ()
     more_children: bool = False
     spec: ReportSpec = attrs.field(factory=ReportSpec)
+    trace_id: str | None = None
+    """The MLflow trace of the Flyte run, for a traced task (``tracing=True``)."""
+    trace_link: str | None = None
 
 
 # --- reading the run back ----------------------------------------------------------------------
 
 
-def _link(spec: ReportSpec, tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+def _host(spec: ReportSpec, tracking_uri: str) -> str | None:
     host = spec.link_host
     if host is None and urlsplit(tracking_uri).scheme.lower() in ("http", "https"):
         host = tracking_uri
+    return None if host is None else host.rstrip("/")
+
+
+def _link(spec: ReportSpec, tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    host = _host(spec, tracking_uri)
     if host is None:
         return None
     template = spec.link_template or DEFAULT_LINK_TEMPLATE
-    return template.format(host=host.rstrip("/"), experiment_id=experiment_id, run_id=run_id)
+    return template.format(host=host, experiment_id=experiment_id, run_id=run_id)
+
+
+def with_trace(view: RunView, tracking_uri: str, trace: tuple[str, str] | None) -> RunView:
+    """``view`` naming ``trace`` (its id and experiment), linked to MLflow's Traces view when a host is
+    known (``link_host``, else an http tracking URI); ``view`` itself when there is no trace."""
+    if trace is None:
+        return view
+    trace_id, experiment_id = trace
+    host = _host(view.spec, tracking_uri)
+    link = None
+    if host is not None:
+        link = TRACE_PAGE_TEMPLATE.format(host=host, experiment_id=experiment_id, trace_id=trace_id)
+    return attrs.evolve(view, trace_id=trace_id, trace_link=link)
 
 
 def _order_by(spec: ReportSpec) -> str | None:

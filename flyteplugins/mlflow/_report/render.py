@@ -196,6 +196,11 @@ def render(view: RunView) -> str:
         _table(["metric", "latest", "step"], metric_rows, "metrics") if metrics else "<p>No metrics.</p>",
         _more(MAX_METRICS, len(metrics), "metrics"),
     ]
+    if view.trace_id:
+        parts.append(
+            f'<h3>Trace</h3><p class="trace">This Flyte run is the MLflow trace '
+            f"{_href(view.trace_link, _text(view.trace_id))}.</p>"
+        )
     if view.charts:
         stepped = sum(1 for _, step in view.metrics.values() if step != 0)
         parts.append('<div class="charts">' + "".join(_chart(c) for c in view.charts) + "</div>")

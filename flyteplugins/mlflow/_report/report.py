@@ -12,7 +12,7 @@ from typing import Final
 
 from flyteplugins.mlflow._errors import MlflowTrackingError
 from flyteplugins.mlflow._plan.plan import ReportSpec
-from flyteplugins.mlflow._report.read import read_back
+from flyteplugins.mlflow._report.read import read_back, with_trace
 from flyteplugins.mlflow._report.render import render, render_failure
 from flyteplugins.mlflow._runs.open import Opened
 from flyteplugins.mlflow._settings.enums import OnTrackingError
@@ -26,10 +26,11 @@ logger = logging.getLogger("flyteplugins.mlflow")
 TAB: Final = "MLflow"
 
 
-def _collect(opened: Opened, spec: ReportSpec) -> tuple[str, Exception | None]:
+def _collect(opened: Opened, spec: ReportSpec, trace: tuple[str, str] | None) -> tuple[str, Exception | None]:
     run_id = opened.run.info.run_id
     try:
-        view = read_back(client_for(opened.plan.tracking_uri, opened.plan.policy), run_id, spec)
+        client = client_for(opened.plan.tracking_uri, opened.plan.policy)
+        view = with_trace(read_back(client, run_id, spec), client.uri, trace)
         return render(view), None
     except Exception as e:
         return render_failure(run_id, str(e)), e
@@ -50,8 +51,10 @@ def _settle(opened: Opened, error: BaseException | None, failure: Exception | No
     )
 
 
-def write(opened: Opened, error: BaseException | None) -> None:
+def write(opened: Opened, error: BaseException | None, trace: tuple[str, str] | None = None) -> None:
     """Write and save the tab of a sync task whose run has ended (or that shared a run), if asked for.
+
+    ``trace`` is the id and experiment of the task's trace, when it is traced; the tab names it.
 
     Raises:
         MlflowTrackingError: the run could not be read back after a successful body, under ``raise``.
@@ -61,7 +64,7 @@ def write(opened: Opened, error: BaseException | None) -> None:
         return
     import flyte.report
 
-    body, failure = _collect(opened, spec)
+    body, failure = _collect(opened, spec, trace)
     try:
         flyte.report.get_tab(TAB).replace(body)
         flyte.report.flush()
@@ -70,7 +73,9 @@ def write(opened: Opened, error: BaseException | None) -> None:
     _settle(opened, error, failure)
 
 
-async def write_async(opened: Opened, error: BaseException | None) -> None:
+async def write_async(
+    opened: Opened, error: BaseException | None, trace: tuple[str, str] | None = None
+) -> None:
     """:func:`write` for async tasks: the read-back runs on a worker thread, the save on the loop.
 
     Raises:
@@ -81,7 +86,7 @@ async def write_async(opened: Opened, error: BaseException | None) -> None:
         return
     import flyte.report
 
-    body, failure = await asyncio.to_thread(_collect, opened, spec)
+    body, failure = await asyncio.to_thread(_collect, opened, spec, trace)
     try:
         flyte.report.get_tab(TAB).replace(body)
         await flyte.report.flush.aio()

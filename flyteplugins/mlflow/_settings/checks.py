@@ -21,6 +21,8 @@ DEFAULT_OWN_LINK_TEMPLATE: Final = (
     "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true&workflowType=machine_learning"
 )
 OWN_LINK_FIELDS: Final = frozenset({"host", "experiment_id", "filter"})
+TRACE_PAGE_TEMPLATE: Final = "{host}/#/experiments/{experiment_id}/traces?selectedEvaluationId={trace_id}"
+"""A trace in MLflow's Traces view (the address MLflow's own UI opens a trace at, MLflow 3)."""
 START_RUN_KWARGS: Final = {"description": str, "log_system_metrics": bool}
 
 Json = Union[

@@ -22,11 +22,13 @@ __all__ = ["OBSERVER", "OpenSpan", "open_span", "register", "trace_task"]
 
 @attrs.frozen(eq=False)
 class OpenSpan:
-    """The task span open in this context: whose task it is, MLflow's span, whether it is the root."""
+    """The task span open in this context: whose task it is, MLflow's span, whether it is the root,
+    and the experiment of its trace."""
 
     action: str
     span: Any  # mlflow's LiveSpan
     root: bool
+    experiment_id: str = "0"
 
 
 OPEN: Final[contextvars.ContextVar[OpenSpan | None]] = contextvars.ContextVar(

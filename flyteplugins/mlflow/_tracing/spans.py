@@ -49,7 +49,7 @@ from mlflow.tracing.provider import detach_span_from_context, set_span_in_contex
 from mlflow.tracing.trace_manager import InMemoryTraceManager
 from mlflow.tracking.fluent import flush_trace_async_logging
 
-__all__ = ["link_run", "step_span", "task_span"]
+__all__ = ["link_run", "step_span", "task_span", "task_trace"]
 
 logger = logging.getLogger("flyteplugins.mlflow")
 
@@ -147,7 +147,9 @@ def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[Non
             experiment_id=experiment if parent is None else None,  # MLflow takes it for roots only
         )
         token = set_span_in_context(span)
-        open_token = OPEN.set(OpenSpan(action=info.action.name, span=span, root=parent is None))
+        open_token = OPEN.set(
+            OpenSpan(action=info.action.name, span=span, root=parent is None, experiment_id=experiment)
+        )
         carrier = {
             TRACING_KEY: "true",
             TRACEPARENT_KEY: _get_tracing_headers_from_span(span).get("traceparent", ""),
@@ -190,3 +192,11 @@ def link_run(run_id: str) -> None:
     current = mlflow.get_current_active_span()
     if opened.root and current is not None and current.span_id == opened.span.span_id:
         mlflow.update_current_trace(metadata={TraceMetadataKey.SOURCE_RUN: run_id})
+
+
+def task_trace() -> tuple[str, str] | None:
+    """The id and experiment of the trace of the task running here, when it is traced."""
+    opened = OPEN.get()
+    if opened is None or opened.action != _flyte.current_task():
+        return None
+    return str(opened.span.trace_id), opened.experiment_id
