@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 API_PREFIX = "/api/"
+OTLP_PREFIX = "/v1/"  # MLflow's exporter sends spans to POST /v1/traces
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade", "te"}
 )
@@ -290,7 +291,7 @@ class Proxy:
     def requests(self, since: int = 0) -> list[tuple[str, str]]:
         """The ``(method, path)`` of every API request forwarded since ``since``."""
         with self._lock:
-            return [r for r in self._seen[since:] if r[1].startswith(API_PREFIX)]
+            return [r for r in self._seen[since:] if r[1].startswith((API_PREFIX, OTLP_PREFIX))]
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:

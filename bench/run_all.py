@@ -11,7 +11,9 @@ such as resolved experiment names, start empty), against the server started here
 * (f) ``epoch_logging``: parallel trials logging every epoch, untracked vs synchronous vs ``async_logging``;
 * (g) ``outage``: a 20 s restart of the tracking server in the middle of a queued 16-trial study, against
   the same study with no outage (on a server of its own, which it stops and starts again);
-* (h) ``import_cost``: import time and memory of the plugin, and of an untracked task beside it.
+* (h) ``import_cost``: import time and memory of the plugin, and of an untracked task beside it;
+* (i) ``tracing``: wall time and requests of a small study untraced, traced (``tracing=True``) and with
+  bare ``mlflow.start_span`` calls making the same spans.
 
 Each scenario can also run alone: ``python -m bench.parallel_trials`` starts its own server.
 """
@@ -41,6 +43,7 @@ SCENARIOS = (
     "epoch_logging",
     "outage",
     "import_cost",
+    "tracing",
 )
 
 
