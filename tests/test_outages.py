@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import subprocess
 import sys
 import threading
@@ -33,10 +32,20 @@ from flyteplugins.mlflow._queue import RunQueue
 from flyteplugins.mlflow._server import DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POLICY, RestServer, server_for
 from flyteplugins.mlflow._signals import KILL_DEADLINE
 from tests.pods import Action, make_inputs, wait_blocked
-from tests.support import CREATE, MlflowServer, Relay, Silent, free_port, own_run_id, serving
+from tests.support import (
+    CREATE,
+    REPLAY,
+    MlflowServer,
+    Relay,
+    Silent,
+    free_port,
+    own_run_id,
+    replay,
+    serving,
+    steps,
+)
 
 env = flyte.TaskEnvironment(name="outage-tests")
-REPLAY = re.compile(r"python -m flyteplugins\.mlflow replay (\S+)")
 
 
 class Outages:
@@ -98,11 +107,6 @@ def where(outage_server: MlflowServer) -> tuple[MlflowClient, str]:
 def context(server: MlflowServer, experiment_id: str, **settings: Any) -> MlflowConfig:
     """The workflow's settings for the module's server."""
     return mlflow_config(tracking_uri=server.uri, experiment_id=experiment_id, **settings)
-
-
-def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    """The steps of a metric's stored history, sorted (a point stored twice shows twice)."""
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 # --- a restart across the end of a sync task ----------------------------------------------------
@@ -359,17 +363,6 @@ def queues_and_the_server_stays_away(n: int) -> str:
     mlflow.log_param("lr", 0.1)
     _outages[0].server.stop()
     return own_run_id()
-
-
-def replay(location: str) -> subprocess.CompletedProcess[str]:
-    """Run the replay command as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "flyteplugins.mlflow", "replay", location],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("policy", ["warn", "raise"])
