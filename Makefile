@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui docs test pytest test-pythons other-pythons mutants typecheck lint bench screenshots clean
+.PHONY: venv browser postgres demo ui docs test pytest test-pythons other-pythons mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser docs pytest other-pythons typecheck lint
+test: venv browser postgres docs pytest other-pythons typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -30,6 +30,11 @@ docs: venv
 # The browser tests drive Debian's headless chromium; install it where it is missing.
 browser:
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# tests/test_postgres.py starts a throwaway PostgreSQL with Debian's server; install it where it is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 # Both cores: each test module runs whole on one of two workers, so its module fixtures start once,
 # in the order collected (tests/conftest.py puts the longest modules first; xdist would order them by
