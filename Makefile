@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser postgres demo ui docs test pytest test-pythons other-pythons mutants typecheck lint bench screenshots clean
+.PHONY: venv browser postgres demo ui docs test pytest test-pythons other-pythons test-versions oldest-versions mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser postgres docs pytest other-pythons typecheck lint
+test: venv browser postgres docs pytest other-pythons oldest-versions typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -51,6 +51,15 @@ test-pythons: venv
 other-pythons: venv
 	$(PY) tools/test_pythons.py --skip-current
 
+# The fast end-to-end subset on every mlflow and flyte pair the README claims, each in its own cached
+# venv under .venv-versions/ (see tools/test_versions.py).
+test-versions: venv
+	$(PY) -m tools.test_versions
+
+# What `make test` runs of it: the oldest pair (mlflow 3.4.0, flyte 2.12.0); .venv has the newest.
+oldest-versions: venv
+	$(PY) -m tools.test_versions --oldest
+
 # Named breaking changes, each applied to a temporary copy: fails if the tests meant to catch one pass
 # (see tools/mutants.py). Not part of `make test`.
 mutants: venv
@@ -71,4 +80,4 @@ bench: venv
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-pythons .mypy_cache .ruff_cache .pytest_cache .demo mlruns site
+	rm -rf $(VENV) .venv-pythons .venv-versions .mypy_cache .ruff_cache .pytest_cache .demo mlruns site
