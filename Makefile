@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo ui docs test pytest test-pythons other-pythons wheel-check mutants typecheck lint bench screenshots clean
+.PHONY: venv browser postgres demo ui docs test pytest test-pythons other-pythons test-versions oldest-versions wheel-check mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser docs pytest other-pythons wheel-check typecheck lint
+test: venv browser postgres docs pytest other-pythons oldest-versions wheel-check typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
@@ -30,6 +30,11 @@ docs: venv
 # The browser tests drive Debian's headless chromium; install it where it is missing.
 browser:
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# tests/test_postgres.py starts a throwaway PostgreSQL with Debian's server; install it where it is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 # Both cores: each test module runs whole on one of two workers, so its module fixtures start once,
 # in the order collected (tests/conftest.py puts the longest modules first; xdist would order them by
@@ -50,6 +55,15 @@ other-pythons: venv
 # venv in a temporary directory, and the smoke test run against it there (see tools/wheel_check.py).
 wheel-check: venv
 	$(PY) tools/wheel_check.py
+
+# The fast end-to-end subset on every mlflow and flyte pair the README claims, each in its own cached
+# venv under .venv-versions/ (see tools/test_versions.py).
+test-versions: venv
+	$(PY) -m tools.test_versions
+
+# What `make test` runs of it: the oldest pair (mlflow 3.4.0, flyte 2.12.0); .venv has the newest.
+oldest-versions: venv
+	$(PY) -m tools.test_versions --oldest
 
 # Named breaking changes, each applied to a temporary copy: fails if the tests meant to catch one pass
 # (see tools/mutants.py). Not part of `make test`.
@@ -72,4 +86,4 @@ bench: venv
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-pythons .mypy_cache .ruff_cache .pytest_cache .demo mlruns site
+	rm -rf $(VENV) .venv-pythons .venv-versions .mypy_cache .ruff_cache .pytest_cache .demo mlruns site

@@ -23,6 +23,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venv-pythons"
@@ -74,37 +75,60 @@ def pythons() -> dict[tuple[int, int, int], Path]:
     return dict(sorted(by_version.items()))
 
 
-def venv_for(python: Path, version: tuple[int, int, int]) -> Path:
-    """The venv for ``version``, built (once per ``pyproject.toml``) with the package and the tools."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    venv = VENVS / f"{'.'.join(map(str, version))}-{key}"
+def pyproject_key() -> str:
+    """A short hash of ``pyproject.toml``: a venv named with it is rebuilt when the dependencies change."""
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+
+
+def build_venv(python: Path, venvs: Path, name: str, requirements: list[str]) -> Path:
+    """The venv ``venvs/<name>-<pyproject key>``, built once with ``requirements`` by ``python``.
+
+    A venv of the same name built for another ``pyproject.toml`` is removed first. The venv counts as
+    built only once everything is installed, so an interrupted build is redone.
+    """
+    venv = venvs / f"{name}-{pyproject_key()}"
     stamp = venv / ".installed"
     if stamp.exists():
         return venv
-    for stale in VENVS.glob(f"{'.'.join(map(str, version))}-*"):
+    for stale in venvs.glob(f"{name}-*"):
         shutil.rmtree(stale)
     subprocess.run([python, "-m", "venv", venv], check=True)
     # -qq: errors only (this machine's index warns once per name); bytecode is compiled when imported
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-qq", "--no-compile"]
-    subprocess.run([*pip, "-e", f"{ROOT}[pythons]"], check=True, cwd=ROOT)
+    subprocess.run([*pip, *requirements], check=True, cwd=ROOT)
     stamp.touch()
     return venv
 
 
-def check(venv: Path, version: tuple[int, int, int]) -> list[str]:
-    """Run the subset with ``venv``'s Python; return what failed."""
-    python = str(venv / "bin" / "python")
+def venv_for(python: Path, version: tuple[int, int, int]) -> Path:
+    """The venv for ``version``, built (once per ``pyproject.toml``) with the package and the tools."""
+    return build_venv(python, VENVS, ".".join(map(str, version)), ["-e", f"{ROOT}[pythons]"])
+
+
+def run_in(venv: Path, *args: str, log: IO[str] | None = None) -> bool:
+    """Run ``venv``'s Python with ``args`` in the project's root (importable, for ``tests``), its output
+    to ``log`` (else to ours); whether it succeeded."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VIRTUAL_ENV", None)
+    command = [str(venv / "bin" / "python"), *args]
+    if log is not None:
+        log.flush()
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, check=False, stdout=log, stderr=subprocess.STDOUT if log else None
+    )
+    return done.returncode == 0
+
+
+def check(venv: Path, version: tuple[int, int, int]) -> list[str]:
+    """Run the subset with ``venv``'s Python; return what failed."""
     failed: list[str] = []
-    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS]
-    if subprocess.run(tests, cwd=ROOT, env=env, check=False).returncode != 0:
+    if not run_in(venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS):
         failed.append("pytest")
     typing = [
-        python, "-m", "mypy", "--python-version", f"{version[0]}.{version[1]}",
+        "-m", "mypy", "--python-version", f"{version[0]}.{version[1]}",
         "--cache-dir", str(venv / ".mypy_cache"), TYPING_FILE,
     ]  # fmt: skip
-    if subprocess.run(typing, cwd=ROOT, env=env, check=False).returncode != 0:
+    if not run_in(venv, *typing):
         failed.append("mypy")
     return failed
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import attrs
 import requests
 import trustme
+from mlflow.tracking import MlflowClient
 from playwright.sync_api import Locator, Page
 
 from flyteplugins.mlflow import get_mlflow_run
@@ -41,6 +42,9 @@ LOG_INPUTS = ("POST", "/api/2.0/mlflow/runs/log-inputs")
 
 _REQUEST = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)')
 _ANSWER = re.compile(r'"(GET|POST|PATCH|DELETE) (/api/2\.0/mlflow/[^ ?"]*)[^"]*" (\d{3})')
+
+# The replay command a journal's warning or error names, with the journal's location.
+REPLAY = re.compile(r"python -m flyteplugins\.mlflow replay (\S+)")
 
 
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -73,13 +77,19 @@ class MlflowServer:
     """A running ``mlflow server`` subprocess and its access log."""
 
     def __init__(
-        self, root: Path, port: int, app: tuple[str, ...] = (), env: dict[str, str] | None = None
+        self,
+        root: Path,
+        port: int,
+        app: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        backend: str | None = None,
     ) -> None:
         self.root = root
         self.port = port
         self.uri = f"http://127.0.0.1:{port}"
         self.log_path = root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.backend = backend or f"sqlite:///{root / 'mlflow.db'}"
         self._app = app
         self._env = env or {}
         self.verify: bool | str = True  # how the start-up check verifies the server's certificate
@@ -102,7 +112,7 @@ class MlflowServer:
         self.process = subprocess.Popen(
             [
                 mlflow_bin, "server",
-                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--backend-store-uri", self.backend,
                 "--default-artifact-root", str(self.root / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                 *self._app,
@@ -123,18 +133,27 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not start:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        """Stop the server and its uvicorn child: the server runs in a process group of its own, and
-        a child still in the group once the server has gone is killed."""
-        if self.process is None or self.process.returncode is not None:
+        """Stop the server and every process it started.
+
+        The server runs in a process group of its own, and the whole group is stopped: MLflow 3.4's
+        ``mlflow server`` leaves its uvicorn child running (and holding the port) when only the
+        ``mlflow`` process is terminated.
+        """
+        if self.process is None:
             return
-        group = self.process.pid
+        group = self.process.pid  # start_new_session: the server leads a group of its own
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        deadline = time.monotonic() + 20
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-        self.process.wait()
 
     def mark(self) -> int:
         """A position in the access log; pass it to :meth:`requests`."""
@@ -156,6 +175,18 @@ class MlflowServer:
             f.seek(since)
             text = f.read().decode("utf-8", "replace")
         return [(m.group(1), m.group(2), int(m.group(3))) for m in _ANSWER.finditer(text)]
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the process group ``group`` still runs (a zombie, which holds no port and
+    which this machine's PID 1 may be slow to reap, does not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its closing ')'
+            state, _ppid, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                return True
+    return False
 
 
 class ArtifactServer(MlflowServer):
@@ -506,3 +537,19 @@ def own_run_id() -> str:
     assert run is not None, "no MLflow run inside a tracked call"
     run_id: str = run.info.run_id
     return run_id
+
+
+def replay(location: str) -> subprocess.CompletedProcess[str]:
+    """Run the replay command as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "flyteplugins.mlflow", "replay", location],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """The steps of a metric's stored history, sorted (a point stored twice shows twice)."""
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
