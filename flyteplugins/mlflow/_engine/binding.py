@@ -10,7 +10,7 @@ from flyteplugins.mlflow._distributed import ranks
 from flyteplugins.mlflow._patches import per_call_state, provenance, runstack
 from flyteplugins.mlflow._patches.current import TrackedCall, current, entered, innermost
 from flyteplugins.mlflow._runs.open import Opened
-from flyteplugins.mlflow._tracing import observer, spans
+from flyteplugins.mlflow._tracing import observer
 from mlflow.tracking.fluent import ActiveRun
 
 __all__ = ["bound", "current_run", "local_run", "rank0_run_id"]
@@ -69,6 +69,8 @@ def bound(opened: Opened) -> Iterator[list[ActiveRun]]:
         stack.enter_context(entered(call))
         stack.enter_context(_flyte.children_scope(opened.children))
         if observer.open_span() is not None:
+            from flyteplugins.mlflow._tracing import spans  # loaded only where a task is traced
+
             spans.link_run(opened.run.info.run_id)
         assert call.runs is not None
         yield call.runs

@@ -30,7 +30,7 @@ from flyteplugins.mlflow._runs.open import Opened, begin
 from flyteplugins.mlflow._settings.enums import OnTrackingError
 from flyteplugins.mlflow._settings.settings import MlflowTrackingSettings
 from flyteplugins.mlflow._tags import ACTION_ID_TAG, ATTEMPT_LIST_TAG
-from flyteplugins.mlflow._tracing.spans import task_trace
+from flyteplugins.mlflow._tracing import observer
 from flyteplugins.mlflow._transport.client import client_for
 from flyteplugins.mlflow._transport.servers import describe, vouch
 from mlflow.tracking.fluent import ActiveRun
@@ -95,6 +95,10 @@ def _peer(rank0: Plan, rank: int) -> ranks.Peer:
 
 def _trace() -> tuple[str, str] | None:
     """The trace of the task running here (id, experiment), for its report tab; ``None`` untraced."""
+    if observer.open_span() is None:
+        return None
+    from flyteplugins.mlflow._tracing.spans import task_trace  # loaded only where a task is traced
+
     return task_trace()
 
 
