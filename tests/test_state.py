@@ -350,3 +350,20 @@ def test_changed_mlflow_internals_fail_loudly(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.undo()
     assert type(fluent._last_logged_model_id) is ThreadLocalVariable, "nothing was left half-installed"
     assert safety._AutologgingSessionManager is _state.ContextLocalSessionManager._fallback
+
+
+def test_changed_process_state_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If MLflow no longer keeps its tracking URI where the process-state patch saves it, the first tracked
+    call fails naming the MLflow version, and nothing is left changed."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from flyteplugins.mlflow._patches import process_state
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    monkeypatch.delattr(tracking_utils, "_tracking_uri")
+    with pytest.raises(RuntimeError, match=f"mlflow {mlflow.__version__}.*_tracking_uri"):
+        process_state.hold("http://127.0.0.1:1", None)
+    monkeypatch.undo()
+    assert not process_state.URI.installed()
+    assert process_state.open_tasks() == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

@@ -84,6 +84,9 @@ _SPARK: Final = "pyspark"
 
 
 def _install_uri(undo: Undo, uri: str) -> None:
+    for module, name in ((tracking_utils, "_tracking_uri"), (fluent, "_active_experiment_id")):
+        if not hasattr(module, name):
+            raise URI.error(f"{module.__name__}.{name} no longer exists")
     saved_uri: str | None = tracking_utils._tracking_uri
     saved_env = os.environ.get(_URI_ENV)
     saved_experiment = fluent._active_experiment_id
