@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import Any, Final
 
+from flyte import _trace as flyte_trace
+from flyte._internal.controllers._trace import TraceInfo
 from flyte._internal.runtime import taskrunner
 from flyte._observe import Recorder, StepInfo, TaskInfo
 
@@ -54,19 +56,42 @@ __all__ = ["link_run", "step_span", "task_span", "task_trace"]
 logger = logging.getLogger("flyteplugins.mlflow")
 
 _RUN_TASK: Final = inspect.unwrap(taskrunner.run_task).__code__
+_TRACE_FILE: Final = flyte_trace.__file__
 TASK_SPAN_TYPE: Final = SpanType.CHAIN
 STEP_SPAN_TYPE: Final = SpanType.UNKNOWN
+
+
+def _flyte_frames() -> Iterator[FrameType]:
+    """The frames around this observer call, innermost first."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def _runner_local(name: str) -> Any:
     """A local variable of Flyte's ``run_task`` around this observer call (its ``inputs`` or
     ``outputs``), or ``None`` when Flyte no longer calls the observer from there."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
+    for frame in _flyte_frames():
         if frame.f_code is _RUN_TASK:
             return frame.f_locals.get(name)
-        frame = frame.f_back
     return None
+
+
+def _step_call() -> tuple[TraceInfo | None, dict[str, Any] | None]:
+    """Flyte's record of the ``flyte.trace`` step around this observer call (its output, once run or
+    replayed) and the step's arguments by name, or ``None`` where Flyte no longer keeps them there."""
+    info: TraceInfo | None = None
+    for frame in _flyte_frames():
+        if frame.f_code.co_filename != _TRACE_FILE:
+            continue
+        found = frame.f_locals
+        if info is None and isinstance(found.get("info"), TraceInfo):
+            info = found["info"]
+        args, kwargs = found.get("args"), found.get("kwargs")
+        if info is not None and isinstance(args, tuple) and isinstance(kwargs, dict):
+            return info, {**dict(zip(info.interface.inputs, args, strict=False)), **kwargs}
+    return info, None
 
 
 def _outputs(value: Any) -> dict[str, str] | None:
@@ -167,17 +192,24 @@ def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[Non
 
 @contextlib.contextmanager
 def step_span(info: StepInfo, recorder: Recorder) -> Iterator[None]:
-    """The span of one ``flyte.trace`` step, under the span current where the step is called."""
+    """The span of one ``flyte.trace`` step, under the span current where the step is called, with
+    the step's arguments and its output (for a replayed step, the output its log served)."""
     attributes: dict[str, Any] = {ACTION_NAME_TAG: info.action.name}
     if info.replayed:
         attributes[SPAN_REPLAYED] = True
-    span = mlflow.start_span_no_context(info.name, span_type=STEP_SPAN_TYPE, attributes=attributes)
+    step, arguments = _step_call()
+    span = mlflow.start_span_no_context(
+        info.name,
+        span_type=STEP_SPAN_TYPE,
+        inputs=values_of(arguments) if arguments is not None else None,
+        attributes=attributes,
+    )
     token = set_span_in_context(span)
     try:
         yield
     finally:
         detach_span_from_context(token)
-        _end(span, recorder, None)
+        _end(span, recorder, _outputs(step.output) if step is not None else None)
 
 
 def link_run(run_id: str) -> None:
