@@ -129,6 +129,31 @@ def _end(span: Any, recorder: Recorder, outputs: dict[str, str] | None) -> None:
     span.end()
 
 
+def _source_run(trace_id: str) -> str | None:
+    """The ``mlflow.sourceRun`` that the trace of ``trace_id``, still open here, has now."""
+    with InMemoryTraceManager.get_instance().get_trace(trace_id) as trace:
+        return None if trace is None else trace.info.trace_metadata.get(TraceMetadataKey.SOURCE_RUN)
+
+
+def _keep_source_run(span: Any, initial: str | None) -> None:
+    """Before the root span ends, make its trace's source run the root task's run again.
+
+    MLflow's LLM autologging sets the source run of the whole trace to the run active where a call
+    is made, so a call in a tracked child task would otherwise re-point the run's trace to the
+    child's run. The root's own run (recorded by :func:`link_run`) wins; an untracked root keeps the
+    source run its trace started with.
+    """
+    wanted = span.get_attribute(SPAN_RUN_ID) or initial
+    with InMemoryTraceManager.get_instance().get_trace(span.trace_id) as trace:
+        if trace is None:
+            return
+        metadata = trace.info.trace_metadata
+        if wanted is None:
+            metadata.pop(TraceMetadataKey.SOURCE_RUN, None)
+        else:
+            metadata[TraceMetadataKey.SOURCE_RUN] = wanted
+
+
 def _known_here(traceparent: str) -> bool:
     """Whether the trace of a ``traceparent`` was started in this process (local mode)."""
     parts = traceparent.split("-")
@@ -171,6 +196,7 @@ def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[Non
             tags=tags or None,
             experiment_id=experiment if parent is None else None,  # MLflow takes it for roots only
         )
+        initial = _source_run(span.trace_id) if parent is None else None
         token = set_span_in_context(span)
         open_token = OPEN.set(
             OpenSpan(action=info.action.name, span=span, root=parent is None, experiment_id=experiment)
@@ -187,6 +213,8 @@ def task_span(info: TaskInfo, recorder: Recorder, settings: Any) -> Iterator[Non
         finally:
             OPEN.reset(open_token)
             detach_span_from_context(token)
+            if parent is None:
+                _keep_source_run(span, initial)
             _end(span, recorder, _outputs(_runner_local("outputs")))
 
 
