@@ -367,3 +367,21 @@ def test_changed_process_state_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> 
     assert not process_state.URI.installed()
     assert process_state.open_tasks() == 0
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+def test_a_store_without_mlflows_queue_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If MLflow's store no longer keeps its asynchronous-logging queue where the plugin puts its own,
+    a tracked call with queued logging fails naming the MLflow version, and nothing is left changed."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from flyteplugins.mlflow._patches import process_state
+
+    uri = "http://127.0.0.1:1"
+    store = tracking_utils._get_store(uri)
+    before = os.environ.get("MLFLOW_ENABLE_ASYNC_LOGGING"), os.environ.get("MLFLOW_TRACKING_URI")
+    monkeypatch.delattr(store, "_async_logging_queue")
+    with pytest.raises(RuntimeError, match=f"mlflow {mlflow.__version__}.*_async_logging_queue"):
+        process_state.hold(uri, None, async_logging=True)
+    assert not process_state.ASYNC.installed() and not process_state.URI.installed()
+    assert process_state.queue() is None
+    assert (os.environ.get("MLFLOW_ENABLE_ASYNC_LOGGING"), os.environ.get("MLFLOW_TRACKING_URI")) == before

@@ -129,18 +129,15 @@ _queued: tuple[Any, Any, RunQueue] | None = None  # (store, MLflow's queue, ours
 def _install_async(undo: Undo, uri: str) -> None:
     global _queued
     saved = os.environ.get(_ASYNC_ENV)
-    installed = _install_queue(uri)
-    if installed is not None:
-        store, theirs, ours = installed
-        _queued = installed
+    store, theirs, ours = _queued = _install_queue(uri)
 
-        def put_back() -> None:
-            global _queued
-            _queued = None
-            ours.close()  # sends what is left (runs not ended by a tracked call)
-            store._async_logging_queue = theirs
+    def put_back() -> None:
+        global _queued
+        _queued = None
+        ours.close()  # sends what is left (runs not ended by a tracked call)
+        store._async_logging_queue = theirs
 
-        undo.then(put_back)
+    undo.then(put_back)
 
     def restore_env() -> None:
         if saved is None:
@@ -222,15 +219,17 @@ def async_logging_on() -> bool:
     return bool(MLFLOW_ENABLE_ASYNC_LOGGING.get())
 
 
-def _install_queue(uri: str) -> tuple[Any, Any, RunQueue] | None:
+def _install_queue(uri: str) -> tuple[Any, Any, RunQueue]:
     """Put a :class:`RunQueue` in place of MLflow's queue on ``uri``'s store, after draining MLflow's.
 
-    Returns ``None`` (MLflow's queue stays) if the store no longer keeps its queue where expected.
+    Raises:
+        RuntimeError: the store no longer keeps its queue where expected (nothing is changed).
     """
     store = tracking_utils._get_store(uri)
     theirs = getattr(store, "_async_logging_queue", None)
     if theirs is None or not callable(getattr(store, "log_batch", None)):
-        return None
+        what = f"{type(store).__name__}._async_logging_queue"
+        raise ASYNC.error(f"{what} no longer exists (or its store has no log_batch)")
     _drain_mlflow_queue(store)
     server = client_for(uri)  # http(s): the plugin's own request path, bounded like its other requests
     ours = RunQueue(server.log_batch if isinstance(server, RestClient) else store.log_batch)
