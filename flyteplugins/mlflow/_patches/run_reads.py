@@ -2,7 +2,8 @@
 retries) on every call, outside the plugin's queue: a queued metric would fail during an outage.
 
 While logging is queued, a tracked call's metrics read its active run instead, as MLflow 3.5 and later
-do; that run's model outputs are kept current, as ``log_model`` does in later MLflow.
+do; that run's model outputs are kept current, so a metric still links to the model logged at its
+step, as 3.4's fetch did.
 """
 
 from __future__ import annotations
