@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -372,16 +371,6 @@ def queues_and_the_server_stays_away(n: int) -> str:
     return own_run_id()
 
 
-# MLflow 3.4's fluent log_metric asks the server for the run (MlflowClient.get_run) on every call,
-# outside the plugin's queue and with MLflow's own retries (minutes), so with the server away each
-# queued log_metric blocks: a plugin problem on mlflow 3.4 (3.5 reads the active run instead).
-MLFLOW_GETS_THE_RUN_PER_METRIC = tuple(int(n) for n in version("mlflow").split(".")[:2]) < (3, 5)
-
-
-@pytest.mark.skipif(
-    MLFLOW_GETS_THE_RUN_PER_METRIC,
-    reason="mlflow 3.4's log_metric makes a synchronous get_run per call, which blocks during an outage",
-)
 @pytest.mark.parametrize("policy", ["warn", "raise"])
 def test_past_outage_timeout_a_journal_keeps_everything_and_replays_exactly_once(
     policy: str, outages: Outages, where: tuple[MlflowClient, str], caplog: pytest.LogCaptureFixture

@@ -479,6 +479,71 @@ def test_a_queued_request_carries_at_most_a_thousand_values(
     assert seen == [CREATE, LOG_BATCH, LOG_BATCH, LOG_BATCH, UPDATE, SEARCH]
 
 
+def mlflow_own() -> tuple[object, ...]:
+    """What MLflow 3.4's fluent metrics read the run through (run_reads replaces them while it is in)."""
+    return (
+        fluent._get_model_ids_for_new_metric_if_exist,
+        fluent._log_inputs_for_metrics_if_necessary,
+        MlflowClient.log_outputs,
+    )
+
+
+MLFLOW_OWN: Final = mlflow_own()
+
+
+@mlflow_run
+@env.task
+async def metrics_both_ways(n: int) -> str:
+    for i in range(n):
+        mlflow.log_metric("loss", float(i), step=i)
+        mlflow.log_metrics({"acc": i / n, "lr": 0.1}, step=i)
+    return own_run_id()
+
+
+def test_queued_metrics_never_fetch_the_run(
+    mlflow_server: MlflowServer, experiment: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued ``log_metric`` and ``log_metrics`` calls cost no request of their own: MLflow 3.4 fetched
+    the run for each (two ``runs/get``), outside the queue and through an outage."""
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "60")
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    _, seen = counted(mlflow_server, config, metrics_both_ways, n=50)
+    assert seen == [CREATE, LOG_BATCH, UPDATE, SEARCH]
+    assert mlflow_own() == MLFLOW_OWN, "put back after the last call"
+
+
+@mlflow_run
+@env.task
+def metrics_around_a_model() -> list[str]:
+    model_id, _ = _model_requests(_model_server[0], step=1)
+    mlflow.log_metric("loss", 0.25, step=1)
+    mlflow.log_metrics({"acc": 0.75}, step=1)
+    mlflow.log_metric("loss", 0.125, step=2)
+    return [own_run_id(), model_id]
+
+
+def test_queued_metrics_at_a_models_step_are_linked_to_it(
+    mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
+) -> None:
+    """Queued metrics logged at the step of a model the run logged carry that model, as MLflow links
+    them itself (3.4 by fetching the run per metric); those at other steps carry none."""
+    config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
+    _model_server.append(mlflow_server)
+    try:
+        run_id, model_id = cast_strs(run_local(config, metrics_around_a_model))
+    finally:
+        _model_server.clear()
+    linked = sorted((m.key, m.value, m.step) for m in client.get_logged_model(model_id).metrics or [])
+    assert linked == [("acc", 0.75, 1), ("loss", 0.25, 1)]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
+
+
+def cast_strs(value: object) -> list[str]:
+    """A task's ``list[str]`` output, checked."""
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return value
+
+
 def test_queued_logging_stores_what_synchronous_logging_stores(
     mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
@@ -659,7 +724,7 @@ LOGGED_MODELS: Final = "/api/2.0/mlflow/logged-models"
 _model_server: list[MlflowServer] = []
 
 
-def _model_requests(server: MlflowServer) -> tuple[str, list[tuple[str, str]]]:
+def _model_requests(server: MlflowServer, step: int = 0) -> tuple[str, list[tuple[str, str]]]:
     """Log a tiny sklearn model in the active run; return its id and the requests it cost (ids elided)."""
     import mlflow.sklearn
     import numpy as np
@@ -669,7 +734,7 @@ def _model_requests(server: MlflowServer) -> tuple[str, list[tuple[str, str]]]:
         np.array([[0.0], [1.0], [0.1], [0.9]]), np.array([0, 1, 0, 1])
     )
     mark = server.mark()
-    info = mlflow.sklearn.log_model(model, name="counted", pip_requirements=["scikit-learn"])
+    info = mlflow.sklearn.log_model(model, name="counted", step=step, pip_requirements=["scikit-learn"])
     seen = [(m, p.replace(str(info.model_id), "{id}")) for m, p in server.requests(mark)]
     return str(info.model_id), seen
 

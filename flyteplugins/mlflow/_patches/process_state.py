@@ -22,6 +22,7 @@ import mlflow
 from flyteplugins.mlflow._buffer.queue import RunQueue
 from flyteplugins.mlflow._buffer.values import Values
 from flyteplugins.mlflow._errors import MlflowTrackingError
+from flyteplugins.mlflow._patches import run_reads
 from flyteplugins.mlflow._patches.patch import Patch, Undo
 from flyteplugins.mlflow._plan.plan import Autolog
 from flyteplugins.mlflow._settings.frozen import thaw
@@ -146,13 +147,14 @@ def _install_async(undo: Undo, uri: str) -> None:
             os.environ[_ASYNC_ENV] = saved
 
     undo.then(restore_env)
+    run_reads.install(undo)
     enable_async_logging(True)
 
 
 URI: Patch[str] = Patch("share the tracking URI", _install_uri, _admit_uri)
 """The tracking URI, active experiment and pyspark marker of the open tracked tasks."""
 ASYNC: Patch[str] = Patch("queue logging per run", _install_async)
-"""Asynchronous logging, with the plugin's per-run queue on the store."""
+"""Asynchronous logging, with the plugin's per-run queue on the store (and :mod:`.run_reads`)."""
 _autolog: dict[str, Patch[Autolog]] = {}
 _autolog_lock = threading.Lock()
 
