@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser postgres demo ui docs test pytest test-pythons other-pythons test-versions oldest-versions wheel-check mutants typecheck lint bench screenshots clean
+.PHONY: venv browser postgres demo ui docs test checks pytest test-pythons other-pythons test-versions oldest-versions wheel-check mutants typecheck lint bench screenshots clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,12 @@ demo: venv
 ui: venv
 	$(PY) examples/ui.py
 
-test: venv browser postgres docs pytest other-pythons oldest-versions wheel-check typecheck lint
+test: venv browser postgres docs pytest
+	$(MAKE) --no-print-directory -j4 --output-sync=target checks
+
+# What `make test` runs after the suite, side by side: each of these mostly waits on processes it
+# starts (servers, pip), and mypy takes one core. Each one's output is printed when it ends.
+checks: other-pythons oldest-versions wheel-check typecheck lint
 
 # The documentation site, into site/; --strict turns every warning (a broken link, a bad docstring) into an error.
 docs: venv
