@@ -282,3 +282,23 @@ def test_prior_global_state_comes_back(
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         fluent._active_experiment_id = None
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_the_users_own_framework_autolog_comes_back(ctx: Any, client: MlflowClient) -> None:
+    """A framework autologged by the user before the task (a module-level ``mlflow.sklearn.autolog``)
+    is switched on again with the user's own options after the task, not left off."""
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, get_autologging_config
+
+    mlflow.sklearn.autolog(log_models=False, log_post_training_metrics=False)
+    theirs = dict(AUTOLOGGING_INTEGRATIONS["sklearn"])
+    try:
+        out = _run(sklearn_everything, ctx)
+        assert out["sklearn_autolog_on"] == "True"
+        run = client.get_run(out["run_id"])
+        assert _models_of(client, run.info.experiment_id, out["run_id"]), "the task's options, not the user's"
+        assert not autologging_is_disabled("sklearn")
+        assert AUTOLOGGING_INTEGRATIONS["sklearn"] == theirs
+        assert get_autologging_config("sklearn", "log_models") is False
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+        AUTOLOGGING_INTEGRATIONS.pop("sklearn", None)

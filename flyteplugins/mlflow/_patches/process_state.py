@@ -53,8 +53,8 @@ _URI_ENV: Final = "MLFLOW_TRACKING_URI"
 _ASYNC_ENV: Final = "MLFLOW_ENABLE_ASYNC_LOGGING"
 
 
-def _switch(autolog: Autolog, on: bool) -> None:
-    """Switch one autolog integration on with its arguments, or off.
+def _autolog_function(autolog: Autolog) -> Any:
+    """``mlflow.autolog`` or the framework's ``mlflow.<framework>.autolog``.
 
     Raises:
         ValueError: the framework's MLflow module has no ``autolog`` function.
@@ -64,21 +64,30 @@ def _switch(autolog: Autolog, on: bool) -> None:
     if not callable(function):
         msg = f"framework {autolog.framework!r}: mlflow.{autolog.framework} has no autolog() function"
         raise ValueError(msg)
-    if on:
-        function(**thaw(autolog.kwargs))
-        return
-    function(disable=True)
-    integration = getattr(function, "integration_name", None)
-    if autolog.framework and integration:
-        # A framework's own autolog() marks its settings as chosen by the user, and from then on
-        # the generic mlflow.autolog() skips that framework. Switched off, the framework must look
-        # unconfigured again, or a later generic-autolog task would silently log nothing for it.
-        AUTOLOGGING_INTEGRATIONS.pop(integration, None)
+    return function
 
 
 def _install_autolog(undo: Undo, autolog: Autolog) -> None:
-    _switch(autolog, True)
-    undo.then(lambda: _switch(autolog, False))
+    function = _autolog_function(autolog)
+    integration = getattr(function, "integration_name", None) if autolog.framework else None
+    # The user's own configuration of this framework (a module-level mlflow.<framework>.autolog()),
+    # put back after the last task instead of leaving the framework switched off.
+    theirs = dict(AUTOLOGGING_INTEGRATIONS.get(integration) or {}) if integration else {}
+    function(**thaw(autolog.kwargs))
+
+    def switch_off() -> None:
+        function(disable=True)
+        if integration is None:
+            return
+        if theirs and not theirs.get("disable"):
+            function(**theirs)
+        else:
+            # A framework's own autolog() marks its settings as chosen by the user, and from then on
+            # the generic mlflow.autolog() skips that framework. Switched off, the framework must look
+            # unconfigured again, or a later generic-autolog task would silently log nothing for it.
+            AUTOLOGGING_INTEGRATIONS.pop(integration, None)
+
+    undo.then(switch_off)
 
 
 _SPARK: Final = "pyspark"
