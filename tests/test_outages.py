@@ -45,6 +45,7 @@ from tests.helpers.support import (
     free_port,
     own_run_id,
     replay,
+    replayed_twice,
     serving,
     steps,
 )
@@ -414,14 +415,7 @@ def test_past_outage_timeout_a_journal_keeps_everything_and_replays_exactly_once
 
     outages.wait_up()
     assert client.get_run(run_id).info.status == "RUNNING"
-    for _ in range(2):
-        done = replay(location)
-        assert done.returncode == 0, done.stderr
-        assert "150 metric point(s)" in done.stdout and "status FINISHED" in done.stdout
-        assert steps(client, run_id, "loss") == list(range(150)), "each point once, after each replay"
-        stored = client.get_run(run_id)
-        assert stored.info.status == "FINISHED"
-        assert stored.data.params == {"lr": "0.1"}
+    replayed_twice(client, location, run_id, 150)
 
 
 def test_a_journal_under_a_remote_prefix_goes_through_flytes_storage(

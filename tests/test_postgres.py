@@ -28,7 +28,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from flyteplugins.mlflow import MlflowConfig, MlflowRun, RunMode, get_mlflow_run, mlflow_config, mlflow_run
-from tests.helpers.support import REPLAY, MlflowServer, free_port, own_run_id, replay, serving, steps
+from tests.helpers.support import REPLAY, MlflowServer, free_port, own_run_id, replayed_twice, serving
 
 PG_CTL = Path(__file__).resolve().parent / "helpers" / "pg_ctl_as_postgres"
 PARENT_TAG = "mlflow.parentRunId"
@@ -275,11 +275,4 @@ def test_a_journal_replays_exactly_once_into_postgresql(
     assert lines[-1]["status"] == "FINISHED"
     assert len([m for line in lines if line.get("kind") == "values" for m in line["metrics"]]) == 150
     assert client.get_run(run_id).info.status == "RUNNING"
-    for _ in range(2):
-        done = replay(location)
-        assert done.returncode == 0, done.stderr
-        assert "150 metric point(s)" in done.stdout and "status FINISHED" in done.stdout
-        assert steps(client, run_id, "loss") == list(range(150)), "each point once, after each replay"
-        stored = client.get_run(run_id)
-        assert stored.info.status == "FINISHED"
-        assert stored.data.params == {"lr": "0.1"}
+    replayed_twice(client, location, run_id, 150)

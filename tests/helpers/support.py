@@ -553,3 +553,16 @@ def replay(location: str) -> subprocess.CompletedProcess[str]:
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     """The steps of a metric's stored history, sorted (a point stored twice shows twice)."""
     return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def replayed_twice(client: MlflowClient, location: str, run_id: str, points: int) -> None:
+    """Replay the journal at ``location`` twice, as a user would: each time it sends the ``points``
+    points of ``loss``, the param ``lr`` and the FINISHED status, and the run holds each point once."""
+    for _ in range(2):
+        done = replay(location)
+        assert done.returncode == 0, done.stderr
+        assert f"{points} metric point(s)" in done.stdout and "status FINISHED" in done.stdout
+        assert steps(client, run_id, "loss") == list(range(points)), "each point once, after each replay"
+        stored = client.get_run(run_id)
+        assert stored.info.status == "FINISHED"
+        assert stored.data.params == {"lr": "0.1"}

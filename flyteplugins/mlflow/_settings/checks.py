@@ -65,7 +65,7 @@ def _checked_tags(value: object) -> FrozenDict[str, str]:
             msg = f"tags must map str to str, got {k!r}: {v!r}"
             raise TypeError(msg)
         if not k:
-            msg = "tags must not have an empty key"
+            msg = f"tags must not have an empty key, got {k!r}: {v!r}"
             raise ValueError(msg)
     return FrozenDict(value)
 
