@@ -181,6 +181,39 @@ def test_autologged_llm_calls_nest_under_their_task_and_step_spans(
     assert trace.info.trace_metadata[TraceMetadataKey.SOURCE_RUN] == agent_run
 
 
+@mlflow_run(run_mode="new")
+@env.task
+async def helper(text: str) -> list[str]:
+    return [own_run_id(), await ask(f"help {text}")]
+
+
+@env.task
+async def untracked_agent() -> list[str]:
+    mlflow.openai.autolog()
+    return await helper("me")
+
+
+def test_an_untracked_roots_trace_is_not_linked_to_a_childs_run(
+    client: MlflowClient, experiment: tuple[str, str], tracking_uri: str
+) -> None:
+    """Tracing from the context on an untracked root: the call in a tracked child nests under the
+    child's span, and the run's trace keeps no source run (MLflow would make it the child's)."""
+    name, experiment_id = experiment
+    config = mlflow_config(tracking_uri=tracking_uri, experiment_name=name, tracing=True)
+    helper_run, said = (
+        flyte.with_runcontext(mode="local", custom_context=config).run(untracked_agent).outputs()[0]
+    )
+    assert said == "echo: help me"
+    (trace,) = read_traces(client, experiment_id)
+    spans = trace.data.spans
+    (root,) = [s for s in spans if s.parent_id is None]
+    assert root.name == "llm.untracked_agent" and "flyte.mlflow_run_id" not in root.attributes
+    (helper_span,) = [s for s in spans if s.name == "llm.helper"]
+    assert helper_span.attributes["flyte.mlflow_run_id"] == helper_run
+    assert children(spans, helper_span) == ["AsyncCompletions"]
+    assert TraceMetadataKey.SOURCE_RUN not in trace.info.trace_metadata, trace.info.trace_metadata
+
+
 def ask_sync(question: str) -> str:
     """One chat completion with the synchronous client."""
     response = OpenAI(max_retries=0).chat.completions.create(
