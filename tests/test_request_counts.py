@@ -35,6 +35,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 from flyteplugins.mlflow import MlflowConfig, get_mlflow_run, mlflow_config, mlflow_run
 from flyteplugins.mlflow._buffer.queue import RunQueue
 from flyteplugins.mlflow._buffer.values import MAX_ENTITIES
+from flyteplugins.mlflow._patches import run_reads
 from flyteplugins.mlflow._tags import PARENT_EXPERIMENT_KEY, PARENT_RUN_KEY
 from flyteplugins.mlflow._transport.client import client_for
 from flyteplugins.mlflow._transport.rest import RestClient
@@ -512,29 +513,49 @@ def test_queued_metrics_never_fetch_the_run(
     assert mlflow_own() == MLFLOW_OWN, "put back after the last call"
 
 
-@mlflow_run
-@env.task
-def metrics_around_a_model() -> list[str]:
-    model_id, _ = _model_requests(_model_server[0], step=1)
+def _metrics_around_a_model(server: MlflowServer) -> str:
+    """Log a model at step 1 and metrics at steps 1 and 2 in the active run; return the model's id."""
+    model_id, _ = _model_requests(server, step=1)
     mlflow.log_metric("loss", 0.25, step=1)
     mlflow.log_metrics({"acc": 0.75}, step=1)
     mlflow.log_metric("loss", 0.125, step=2)
-    return [own_run_id(), model_id]
+    return model_id
 
 
-def test_queued_metrics_at_a_models_step_are_linked_to_it(
+@mlflow_run
+@env.task
+def metrics_around_a_model() -> list[str]:
+    return [own_run_id(), _metrics_around_a_model(_model_server[0])]
+
+
+def _linked(client: MlflowClient, model_id: str) -> list[tuple[str, float, int]]:
+    return sorted((m.key, m.value, m.step) for m in client.get_logged_model(model_id).metrics or [])
+
+
+def test_queued_metrics_at_a_models_step_are_linked_to_it_as_mlflow_links_them(
     mlflow_server: MlflowServer, client: MlflowClient, experiment: tuple[str, str]
 ) -> None:
-    """Queued metrics logged at the step of a model the run logged carry that model, as MLflow links
-    them itself (3.4 by fetching the run per metric); those at other steps carry none."""
+    """Queued metrics logged after a model, at its step or another, are linked to it exactly as MLflow
+    links the same calls in a run started by hand (3.4 by fetching the run per metric, which the
+    plugin's queue does not; 3.18 from the active run; some releases between link none)."""
     config = mlflow_config(tracking_uri=mlflow_server.uri, experiment_id=experiment[1], async_logging=True)
     _model_server.append(mlflow_server)
     try:
         run_id, model_id = cast_strs(run_local(config, metrics_around_a_model))
     finally:
         _model_server.clear()
-    linked = sorted((m.key, m.value, m.step) for m in client.get_logged_model(model_id).metrics or [])
-    assert linked == [("acc", 0.75, 1), ("loss", 0.25, 1)]
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment[1]):
+            plain_id = _metrics_around_a_model(mlflow_server)
+    finally:
+        fluent._last_logged_model_id.set(None)  # MLflow's own thread-locals, as other tests expect them
+        fluent._last_active_run_id.set(None)
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert _linked(client, model_id) == _linked(client, plain_id)
+    if run_reads.applies():
+        assert _linked(client, model_id) == [("acc", 0.75, 1), ("loss", 0.25, 1)], "MLflow 3.4 links them"
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
 
 

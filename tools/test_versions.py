@@ -73,7 +73,7 @@ TESTS = (
     "tests/test_outages.py::test_the_replay_command_has_help",
     # Queued metrics fetch no run (MLflow 3.4 did, per call), and still link to a model at their step.
     "tests/test_request_counts.py::test_queued_metrics_never_fetch_the_run",
-    "tests/test_request_counts.py::test_queued_metrics_at_a_models_step_are_linked_to_it",
+    "tests/test_request_counts.py::test_queued_metrics_at_a_models_step_are_linked_to_it_as_mlflow_links_them",
 )
 _REPORT = (
     "from importlib.metadata import version; "

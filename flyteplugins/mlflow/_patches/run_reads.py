@@ -16,7 +16,7 @@ from flyteplugins.mlflow._patches.patch import Undo
 from mlflow.entities import RunOutputs
 from mlflow.tracking import MlflowClient, fluent
 
-__all__ = ["install"]
+__all__ = ["applies", "install"]
 
 _MODEL_IDS = "_get_model_ids_for_new_metric_if_exist"
 _INPUTS = "_log_inputs_for_metrics_if_necessary"
@@ -29,13 +29,17 @@ def _own_run(run_id: str) -> Any:
     return runs[-1] if runs and runs[-1].info.run_id == run_id else None
 
 
+def applies() -> bool:
+    """Whether MLflow's helpers still take a run id to fetch (MLflow before 3.5)."""
+    helpers = [getattr(fluent, name, None) for name in (_MODEL_IDS, _INPUTS)]
+    return all(callable(f) and next(iter(inspect.signature(f).parameters), None) == "run_id" for f in helpers)
+
+
 def install(undo: Undo) -> None:
-    """Put the stand-ins in where MLflow's helpers still take a run id (MLflow before 3.5)."""
-    model_ids, inputs = getattr(fluent, _MODEL_IDS, None), getattr(fluent, _INPUTS, None)
-    if model_ids is None or inputs is None:
+    """Put the stand-ins in where :func:`applies`."""
+    if not applies():
         return
-    if [next(iter(inspect.signature(f).parameters)) for f in (model_ids, inputs)] != ["run_id"] * 2:
-        return
+    model_ids, inputs = getattr(fluent, _MODEL_IDS), getattr(fluent, _INPUTS)
     log_outputs = MlflowClient.log_outputs
 
     def model_ids_at(run_id: str, step: int) -> list[str]:
