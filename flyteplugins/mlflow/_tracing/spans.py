@@ -241,7 +241,8 @@ def step_span(info: StepInfo, recorder: Recorder) -> Iterator[None]:
 
 
 def link_run(run_id: str) -> None:
-    """Record a tracked task's run on its task span; the root's also becomes its trace's source run.
+    """Record a tracked task's run on its task span; the root's becomes its trace's source run when
+    the span ends (:func:`_keep_source_run`).
 
     The span opens before the tracked call creates the run, so MLflow found no run to link it to.
     """
@@ -249,9 +250,6 @@ def link_run(run_id: str) -> None:
     if opened is None or opened.action != _flyte.current_task():
         return
     opened.span.set_attribute(SPAN_RUN_ID, run_id)
-    current = mlflow.get_current_active_span()
-    if opened.root and current is not None and current.span_id == opened.span.span_id:
-        mlflow.update_current_trace(metadata={TraceMetadataKey.SOURCE_RUN: run_id})
 
 
 def task_trace() -> tuple[str, str] | None:
